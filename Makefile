@@ -1,0 +1,42 @@
+# The two commands of the README:
+#   make run    the main job end to end on the embedded default (synthetic data)
+#   make test   lint and the test suite
+# Both create .venv if missing and install everything the project needs into it.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN := torch==2.13.0
+DATA ?= data
+PARAMS ?= params.yaml
+
+.PHONY: install run test lint format clean
+
+install: $(VENV)/.installed
+
+# torch is pinned and installed first: the CPU wheel; an unpinned torch would pull CUDA builds.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/cirl synth --params $(PARAMS) --out $(DATA)/raw/synth
+	$(BIN)/cirl prepare --params $(PARAMS) --source $(DATA)/raw/synth --format folder \
+		--out $(DATA)/prepared/synth -q
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint
+	$(BIN)/pytest
+
+format: install
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(DATA)/raw/synth $(DATA)/prepared/synth

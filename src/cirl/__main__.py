@@ -1,0 +1,3 @@
+from cirl.cli import main
+
+raise SystemExit(main())

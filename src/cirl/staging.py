@@ -1,0 +1,91 @@
+"""Write outputs to a temporary place and move them into place only when complete.
+
+An interrupted or failed run therefore never leaves a half-written output, and a previous
+complete output at the same path survives until the new one is ready.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from cirl.errors import CirlError
+
+
+def _writable_parent(final: Path) -> Path:
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CirlError(
+            f"cannot create output folder {parent}: {exc.strerror}; "
+            "choose an output path in a folder you can write to"
+        ) from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CirlError(
+            f"output folder {parent} is not writable; "
+            "choose an output path in a folder you can write to"
+        )
+    return parent
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces ``final`` when the block completes.
+
+    The temporary folder lives beside ``final`` (same file system, so the final move is a
+    rename). If the block raises, the temporary folder is removed and ``final`` is untouched.
+
+    Args:
+        final: the folder the finished output should end up at.
+
+    Yields:
+        The temporary folder to write into.
+    """
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise CirlError(
+            f"output {final} exists and is not a folder; remove it or pick another path"
+        )
+    parent = _writable_parent(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=parent))
+        os.rmdir(old)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_file(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path that atomically replaces ``final`` when the block completes.
+
+    Args:
+        final: the file the finished output should end up at.
+
+    Yields:
+        The temporary path to write to (it does not exist yet).
+    """
+    final = Path(final)
+    parent = _writable_parent(final)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.partial-", dir=parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final)
