@@ -109,7 +109,8 @@ def _slice_one(job: tuple[int, Source, str, PrepareConfig, str]) -> _Sliced:
     try:
         loaded = load_source(source)
     except CirlError as exc:
-        result.skip = Skip(str(source.image), str(exc), "fix or remove the file")
+        # the message already names the file and the fix
+        result.skip = Skip(str(source.image), str(exc).removeprefix(f"{source.image}: "), "")
         return result
     h, w = loaded.image.shape[:2]
     result.size = (w, h)

@@ -78,6 +78,7 @@ def read_seg_mask(path: str | os.PathLike) -> np.ndarray:
 def read_mat_mask(path: str | os.PathLike) -> np.ndarray:
     """The crack mask of a CFD ``groundTruth/*.mat`` file: ``(H, W)`` bool, True on label 2."""
     import scipy.io
+    from scipy.io.matlab import MatReadError
 
     path = Path(path)
     try:
@@ -86,7 +87,7 @@ def read_mat_mask(path: str | os.PathLike) -> np.ndarray:
         if isinstance(gt, np.ndarray):  # several annotators: take the first, as CFD has one
             gt = gt.flat[0]
         seg = np.asarray(gt.Segmentation)
-    except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, MatReadError) as exc:
         raise CirlError(
             f"{path}: not a BSDS groundTruth .mat file with a Segmentation field ({exc})"
         ) from None

@@ -58,7 +58,7 @@ class Skip:
 
     def message(self) -> str:
         """One line for logs and errors."""
-        return f"{self.file}: {self.reason}; {self.fix}"
+        return f"{self.file}: {self.reason}" + (f"; {self.fix}" if self.fix else "")
 
 
 @dataclass
