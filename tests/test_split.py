@@ -18,7 +18,9 @@ def test_assignment_is_deterministic_and_order_free():
     a = assign_splits(ids, (0.9, 0.05, 0.05), seed=1)
     assert a == assign_splits(list(reversed(ids)), (0.9, 0.05, 0.05), seed=1)
     assert a != assign_splits(ids, (0.9, 0.05, 0.05), seed=2)
-    assert list(a.values()).count("test") == 3 and list(a.values()).count("val") == 3  # 2.5 rounds up
+    assert (
+        list(a.values()).count("test") == 3 and list(a.values()).count("val") == 3
+    )  # 2.5 rounds up
 
 
 def test_official_split_wins_and_val_is_carved_from_train():

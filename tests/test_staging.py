@@ -50,7 +50,8 @@ def test_output_path_that_is_a_file(tmp_path):
 
 def test_uncreatable_parent_is_reported(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(CirlError, match="cannot create output folder"), staged_dir(
-        tmp_path / "file" / "out"
+    with (
+        pytest.raises(CirlError, match="cannot create output folder"),
+        staged_dir(tmp_path / "file" / "out"),
     ):
         pass
