@@ -1,0 +1,81 @@
+"""Checkpoints: ``state_dict`` + configs + optimizer + epoch, never pickled objects.
+
+Loaded with ``torch.load(..., weights_only=True)``; the model is rebuilt from the stored model
+config through the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cirl.errors import CirlError
+from cirl.staging import staged_file
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (tensors, numbers, strings, lists, dicts) atomically to ``path``."""
+    with staged_file(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        CirlError: naming the file when it is missing or not a cirl checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CirlError(f"checkpoint {path} not found; pass a .pt file written by `cirl train`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign or damaged files
+        raise CirlError(
+            f"{path}: not a readable cirl checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
+    if not isinstance(payload, dict) or "model" not in payload or "model_config" not in payload:
+        raise CirlError(f"{path}: not a cirl checkpoint (no model weights and model config)")
+    return payload
+
+
+def build_from_checkpoint(payload: dict[str, Any], std_head: bool | None = None) -> nn.Module:
+    """Rebuild the model of a checkpoint and load its weights.
+
+    Args:
+        payload: from :func:`load_checkpoint`.
+        std_head: force the std head on or off; None keeps what the checkpoint had. Weights of a
+            std head absent from the checkpoint stay freshly initialised.
+    """
+    from cirl.models import build_model
+
+    config = dict(payload["model_config"])
+    name = config.pop("name")
+    if std_head is not None:
+        config["std_head"] = std_head
+    model = build_model(name, **config)
+    state = payload["model"]
+    if not std_head:
+        state = {k: v for k, v in state.items() if not k.startswith("std_head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("std_head.")]
+    if missing or unexpected:
+        raise CirlError(
+            f"checkpoint weights do not fit model {name!r}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    return model
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, for provenance records."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
