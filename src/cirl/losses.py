@@ -1,0 +1,217 @@
+"""The losses of CIRL (CVPR 2024) and the masked BCE they sit beside.
+
+* :func:`marginal_region`: the marginal non-crack ring ``M = dilate(y, k x k) - y`` (Eq. 1).
+* :func:`aseg_loss`: the ambiguity-aware segmentation loss of phase I (Eq. 7).
+* :func:`masked_bce`: BCE over the supervised pixels only, normalised by their number.
+* :func:`ci_loss`: the clustering-inspired loss of phase II on the ambiguous pixels (Eq. 15),
+  the upper bound of Proposition 2 without its constant.
+
+All are pure functions; logits in, except where the paper's formula is on probabilities (Aseg
+and CI take ``prob = sigmoid(logits)``, the caller applies it once). Shapes follow
+``(N, 1, H, W)`` for per-pixel maps and ``(N, C, H, W)`` for features.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+LOG_VAR_CLAMP = 10.0
+
+
+def marginal_region(mask: np.ndarray, kernel: int = 5) -> np.ndarray:
+    """The marginal non-crack region of Eq. 1: ``dilate(mask, kernel x kernel) - mask``.
+
+    Args:
+        mask: ``(H, W)`` crack mask (bool or any array, non-zero = crack).
+        kernel: side of the square structuring element (paper: 5, a 2-pixel ring).
+
+    Returns:
+        ``(H, W)`` bool, True on non-crack pixels within ``kernel // 2`` px (Chebyshev) of a
+        crack pixel.
+    """
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"kernel must be an odd size >= 1, got {kernel}")
+    crack = np.asarray(mask) != 0
+    if crack.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {crack.shape}")
+    dilated = cv2.dilate(crack.view(np.uint8), np.ones((kernel, kernel), np.uint8)) != 0
+    return dilated & ~crack
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return values.mean()
+    weight = weight.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def aseg_loss(
+    prob: torch.Tensor,
+    target: torch.Tensor,
+    log_var: torch.Tensor,
+    lam: float = 0.3,
+    valid: torch.Tensor | None = None,
+    clamp: float = LOG_VAR_CLAMP,
+) -> torch.Tensor:
+    """Ambiguity-aware segmentation loss (Eq. 7), mean over (valid) pixels.
+
+    Per pixel ``((p - y)^2 + sigma^2) / (lam + sigma^2)`` with ``sigma^2 = exp(s)`` and ``s``
+    clamped to ``[-clamp, clamp]``. Its derivative in ``sigma^2`` is
+    ``(lam - (p - y)^2) / (lam + sigma^2)^2``: where the squared error exceeds ``lam`` the
+    variance is pushed up, elsewhere down, so ``sigma^2`` marks pixels the model keeps getting
+    wrong.
+
+    Args:
+        prob: ``(N, 1, H, W)`` crack probabilities ``sigmoid(logits)``.
+        target: ``(N, 1, H, W)`` labels in {0, 1}.
+        log_var: ``(N, 1, H, W)`` log-variance ``s`` from the std head.
+        lam: lambda (paper 0.3), > 0.
+        valid: optional ``(N, 1, H, W)`` weights (1 = counted, 0 = ignored).
+        clamp: bound on ``|s|`` for numerical safety.
+
+    Returns:
+        Scalar loss.
+    """
+    if lam <= 0:
+        raise ValueError(f"lam must be > 0, got {lam}")
+    if not (prob.shape == target.shape == log_var.shape):
+        raise ValueError(
+            f"prob {tuple(prob.shape)}, target {tuple(target.shape)} and log_var "
+            f"{tuple(log_var.shape)} must have the same (N, 1, H, W) shape"
+        )
+    variance = torch.exp(log_var.clamp(-clamp, clamp))
+    per_pixel = ((prob - target) ** 2 + variance) / (lam + variance)
+    return _weighted_mean(per_pixel, valid)
+
+
+def masked_bce(
+    logits: torch.Tensor, target: torch.Tensor, weight_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Binary cross-entropy on logits over the supervised pixels only.
+
+    Args:
+        logits: ``(N, 1, H, W)`` crack logits.
+        target: ``(N, 1, H, W)`` labels in {0, 1}.
+        weight_mask: ``(N, 1, H, W)`` 1 where a pixel is supervised, 0 where not (padding,
+            outside the field of view, the ambiguous set A in phase II); None = all pixels.
+
+    Returns:
+        Scalar: the sum of per-pixel BCE over supervised pixels divided by their number
+        (0 when none is supervised).
+    """
+    if logits.shape != target.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must match"
+        )
+    per_pixel = F.binary_cross_entropy_with_logits(
+        logits, target.to(logits.dtype), reduction="none"
+    )
+    return _weighted_mean(per_pixel, weight_mask)
+
+
+@torch.no_grad()
+def nearest_neighbours(
+    features: torch.Tensor, k: int, chunk_elements: int = 1 << 22
+) -> torch.Tensor:
+    """Indices of the ``k`` most cosine-similar rows of each row, excluding the row itself.
+
+    Computed in row chunks so that at most about ``chunk_elements`` similarities exist at once.
+
+    Args:
+        features: ``(S, C)`` feature vectors (normalised here).
+        k: neighbours per row, ``k <= S - 1``.
+        chunk_elements: bound on the size of one similarity block.
+
+    Returns:
+        ``(S, k)`` int64 indices.
+    """
+    count = features.shape[0]
+    if not 1 <= k <= count - 1:
+        raise ValueError(f"k must be in 1..{count - 1} for {count} rows, got {k}")
+    unit = F.normalize(features.float(), dim=1)
+    rows = max(1, chunk_elements // count)
+    out = torch.empty(count, k, dtype=torch.long, device=features.device)
+    for start in range(0, count, rows):
+        stop = min(start + rows, count)
+        sim = unit[start:stop] @ unit.T  # (rows, S)
+        local = torch.arange(stop - start, device=features.device)
+        sim[local, local + start] = float("-inf")
+        out[start:stop] = sim.topk(k, dim=1).indices
+    return out
+
+
+def _ci_one_image(prob: torch.Tensor, features: torch.Tensor, k: int) -> torch.Tensor:
+    """``L_CI`` of one image from the ambiguous pixels' probabilities (S,) and features (S, C)."""
+    count = prob.shape[0]
+    pairs = torch.stack([1.0 - prob, prob], dim=1)  # (S, 2): p_m = [1 - p, p]
+    neighbours = nearest_neighbours(features, k)  # (S, K), no gradient
+    near_sum = pairs[neighbours].sum(dim=1)  # (S, 2): sum over C_m of p_n
+    rest_sum = pairs.sum(dim=0, keepdim=True) - near_sum - pairs  # sum over O_m of p_k
+    attract = (pairs * near_sum).sum(dim=1)
+    repel = (pairs * rest_sum).sum(dim=1)
+    psi = -attract + (k / (count - 1 - k)) * repel
+    return psi.mean()
+
+
+def ci_loss(
+    prob: torch.Tensor,
+    features: torch.Tensor,
+    ambiguous_mask: torch.Tensor,
+    k: int = 20,
+    max_pixels: int = 4096,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Clustering-inspired loss (Eq. 15) over the ambiguous pixels of each image.
+
+    For an image, ``S`` are its ambiguous pixels (at most ``max_pixels``, sampled at random
+    beyond that), ``f_m`` their L2-normalised features, ``p_m = [1 - p, p]``. ``C_m`` are the
+    ``k`` nearest neighbours of ``m`` in ``S`` by cosine similarity (searched without gradient),
+    ``O_m`` the other pixels of ``S`` except ``m``. Per pixel::
+
+        psi_m = - sum_{n in C_m} p_m . p_n + (|C_m| / |O_m|) * sum_{o in O_m} p_m . p_o
+
+    and the image's loss is the mean of ``psi_m``; the batch loss the mean over images with at
+    least ``k + 2`` ambiguous pixels (others are skipped). The sum over ``O_m`` comes from
+    totals, so only the neighbour search needs pairwise similarities (in bounded chunks).
+
+    Args:
+        prob: ``(N, 1, H, W)`` crack probabilities (gradients flow through them).
+        features: ``(N, C, H, W)`` the last full-resolution decoder feature.
+        ambiguous_mask: ``(N, 1, H, W)`` bool (or {0, 1}) ambiguous set A.
+        k: neighbours K (paper 20).
+        max_pixels: cap on ``|S|`` per image.
+        generator: CPU generator for the sampling of ``S`` (reproducible runs).
+
+    Returns:
+        Scalar loss; an exact 0 connected to ``prob`` when no image has enough pixels.
+    """
+    if prob.dim() != 4 or prob.shape[1] != 1:
+        raise ValueError(f"prob must be (N, 1, H, W), got {tuple(prob.shape)}")
+    if features.shape[0] != prob.shape[0] or features.shape[2:] != prob.shape[2:]:
+        raise ValueError(
+            f"features {tuple(features.shape)} must be (N, C, H, W) matching prob "
+            f"{tuple(prob.shape)}"
+        )
+    if ambiguous_mask.shape != prob.shape:
+        raise ValueError(
+            f"ambiguous_mask {tuple(ambiguous_mask.shape)} must match prob {tuple(prob.shape)}"
+        )
+    if k < 1 or max_pixels < k + 2:
+        raise ValueError(f"need k >= 1 and max_pixels >= k + 2, got k={k}, max_pixels={max_pixels}")
+    losses = []
+    for n in range(prob.shape[0]):
+        index = torch.nonzero(ambiguous_mask[n, 0].reshape(-1) != 0).squeeze(1)
+        if index.numel() < k + 2:
+            continue
+        if index.numel() > max_pixels:
+            pick = torch.randperm(index.numel(), generator=generator)[:max_pixels]
+            index = index[pick.to(index.device)]
+        p = prob[n, 0].reshape(-1)[index]
+        f = features[n].reshape(features.shape[1], -1)[:, index].T
+        losses.append(_ci_one_image(p, f, k))
+    if not losses:
+        return prob.sum() * 0.0
+    return torch.stack(losses).mean()
