@@ -22,10 +22,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
+RUNS ?= runs/synth
+
+# prepare -> train phase I -> select -> train phase II -> evaluate, on the synthetic default
 run: install
 	$(BIN)/cirl synth --params $(PARAMS) --out $(DATA)/raw/synth
 	$(BIN)/cirl prepare --params $(PARAMS) --source $(DATA)/raw/synth --format folder \
 		--out $(DATA)/prepared/synth -q
+	$(BIN)/cirl train --params $(PARAMS) --data $(DATA)/prepared/synth --phase 1 \
+		--out $(RUNS)/phase1 -q
+	$(BIN)/cirl select --params $(PARAMS) --data $(DATA)/prepared/synth \
+		--checkpoint $(RUNS)/phase1/best.pt --out $(RUNS)/select -q
+	$(BIN)/cirl train --params $(PARAMS) --data $(DATA)/prepared/synth --phase 2 \
+		--init $(RUNS)/phase1/best.pt --ambiguity $(RUNS)/select --out $(RUNS)/phase2 -q
+	$(BIN)/cirl evaluate --params $(PARAMS) --data $(DATA)/prepared/synth \
+		--checkpoint $(RUNS)/phase2/best.pt --out $(RUNS)/eval -q
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
@@ -39,4 +50,4 @@ format: install
 	$(BIN)/ruff check --fix src tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(DATA)/raw/synth $(DATA)/prepared/synth
+	rm -rf $(VENV) $(DATA)/raw/synth $(DATA)/prepared/synth $(RUNS)

@@ -77,6 +77,107 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cirl import config, train
+
+    cfg = config.resolve(
+        train.TrainConfig,
+        "train",
+        args.params,
+        {
+            "model": args.model,
+            "width": args.width,
+            "phase": args.phase,
+            "loss": args.loss,
+            "epochs": args.epochs,
+            "steps_per_epoch": args.steps_per_epoch,
+            "batch_size": args.batch_size,
+            "crop": args.crop,
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "lam": args.lam,
+            "aseg_weight": args.aseg_weight,
+            "beta": args.beta,
+            "k": args.k,
+            "max_pixels": args.max_pixels,
+            "seed": args.seed,
+            "workers": args.workers,
+            "device": args.device,
+            "val_every": args.val_every,
+        },
+    )
+    result = train.run(
+        cfg,
+        args.data,
+        args.out,
+        init=args.init,
+        ambiguity=args.ambiguity,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    last = result.history[-1] if result.history else {}
+    _print_json(
+        {
+            "out": str(result.out),
+            "best": str(result.best),
+            "best_epoch": result.best_epoch,
+            "best_val_f1": result.best_val_f1,
+            "last_epoch": last.get("epoch"),
+            "last_loss": last.get("loss"),
+        }
+    )
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from cirl import config, selection
+
+    cfg = config.resolve(
+        selection.SelectConfig,
+        "select",
+        args.params,
+        {"gamma": args.gamma, "kernel": args.kernel, "split": args.split, "device": args.device},
+    )
+    result = selection.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
+    _print_json(
+        {
+            "out": str(result.out),
+            "tiles": result.tiles,
+            "marginal_pixels": result.marginal_pixels,
+            "selected_pixels": result.selected_pixels,
+            "selected_fraction": result.selected_fraction,
+        }
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from cirl import config, evaluate
+
+    cfg = config.resolve(
+        evaluate.EvaluateConfig,
+        "evaluate",
+        args.params,
+        {
+            "split": args.split,
+            "threshold": args.threshold,
+            "tolerance": args.tolerance,
+            "empty_f1": args.empty_f1,
+            "overlays": args.overlays,
+            "device": args.device,
+        },
+    )
+    summary = evaluate.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
+    _print_json(
+        {
+            k: summary[k]
+            for k in ("f1", "precision", "recall", "ods", "ois", "ap", "protocol")
+            if k in summary
+        }
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cirl`` command (all subcommands)."""
     parser = argparse.ArgumentParser(
@@ -141,6 +242,98 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="image height (default 1536)")
     _add_params(p)
     p.set_defaults(handler=_cmd_synth)
+
+    p = sub.add_parser(
+        "train",
+        help="train the BCE baseline, CIRL phase I or CIRL phase II",
+        description=(
+            "Train on the train split of a prepared folder; the best checkpoint is chosen on the "
+            "val split. Writes OUT/last.pt (every epoch), OUT/best.pt, OUT/history.json, "
+            "OUT/config.json. Phase 1: BCE + ambiguity-aware loss with the std head. Phase 2: "
+            "from --init, BCE outside the ambiguous pixels + beta * clustering-inspired loss "
+            "inside them (--ambiguity from `cirl select`). --loss bce: the baseline."
+        ),
+    )
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    p.add_argument("--phase", type=int, choices=(1, 2), help="CIRL phase (default 1)")
+    p.add_argument("--loss", choices=("cirl", "bce"), help="cirl (default) or the bce baseline")
+    p.add_argument("--init", metavar="PT", help="phase 2: the phase-I checkpoint (best.pt)")
+    p.add_argument("--ambiguity", metavar="DIR", help="phase 2: the `cirl select` output folder")
+    p.add_argument("--model", help="unet, unet-small (default), jtfn, jtfn-small")
+    p.add_argument("--width", type=int, help="base width of the model (default: preset)")
+    p.add_argument("--epochs", type=int, help="epochs (default 10)")
+    p.add_argument("--steps-per-epoch", type=int, help="steps per epoch (default: one pass)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 2)")
+    p.add_argument("--crop", type=int, help="random crop side (default 256)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 5e-4)")
+    p.add_argument("--lam", type=float, help="lambda of the ambiguity-aware loss (default 0.3)")
+    p.add_argument("--aseg-weight", type=float, help="weight of the Aseg loss in phase 1 (1)")
+    p.add_argument("--beta", type=float, help="weight of the CI loss (default 0.2)")
+    p.add_argument("--k", type=int, help="neighbours K of the CI loss (default 20)")
+    p.add_argument("--max-pixels", type=int, help="cap on ambiguous pixels per image (4096)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--workers", type=int, help="data-loader processes (default 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    p.add_argument("--val-every", type=int, help="validate every N epochs (default 1)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/last.pt (same parameters; --epochs may grow to train longer)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_params(p)
+    p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser(
+        "select",
+        help="select the ambiguous pixels with a phase-I model",
+        description=(
+            "Run the phase-I model over every training tile and write OUT/ambiguous/*.png "
+            "(A = sigma^2 > gamma inside the marginal ring), OUT/variance/*.png, "
+            "OUT/selection.csv, OUT/summary.json and OUT/overview.png."
+        ),
+    )
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared folder")
+    p.add_argument("--checkpoint", required=True, metavar="PT", help="phase-I checkpoint")
+    p.add_argument("--out", required=True, metavar="DIR", help="selection folder")
+    p.add_argument("--gamma", type=float, help="variance threshold (default 0.4)")
+    p.add_argument("--kernel", type=int, help="marginal ring dilation size (default 5)")
+    p.add_argument("--split", choices=("train", "val", "test"), help="default train")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_params(p)
+    p.set_defaults(handler=_cmd_select)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint on a split (paper protocol, ODS, OIS, AP, IoU)",
+        description=(
+            "Writes OUT/metrics.json (top-level f1/precision/recall: per-image means at 0.5, "
+            "the paper's protocol), OUT/per_image.csv, OUT/pr_curve.png and overlays of the "
+            "best and worst images."
+        ),
+    )
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared folder")
+    p.add_argument("--checkpoint", required=True, metavar="PT", help="checkpoint to evaluate")
+    p.add_argument("--out", required=True, metavar="DIR", help="evaluation folder")
+    p.add_argument("--split", choices=("train", "val", "test"), help="default test")
+    p.add_argument("--threshold", type=float, help="operating threshold (default 0.5)")
+    p.add_argument(
+        "--tolerance", type=int, help="also score with this pixel tolerance, e.g. 2 (default 0)"
+    )
+    p.add_argument(
+        "--empty-f1",
+        type=float,
+        choices=(0.0, 1.0),
+        help="F1 of an image with no crack and no prediction: 0 (JTFN, default) or 1",
+    )
+    p.add_argument("--overlays", type=int, help="best and worst images to draw (default 4)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_params(p)
+    p.set_defaults(handler=_cmd_evaluate)
     return parser
 
 

@@ -1,0 +1,174 @@
+"""Stage ``evaluate``: score a checkpoint on one split of a prepared dataset.
+
+The top-level ``f1``, ``precision`` and ``recall`` of ``metrics.json`` follow the paper's
+protocol (JTFN's): probability >= 0.5 is crack, scores per image, mean over images, exact pixel
+match, an image with no crack and no prediction scores F1 = 0. The same file also carries the
+field's other numbers (pooled P/R/F1, ODS, OIS, AP, IoU) and, with ``tolerance > 0``, all of
+them again with that pixel tolerance under ``tolerant``. Only valid pixels count (padding and
+pixels outside a field of view are left out). Every image of the prepared split is one image of
+the protocol (a tile, or a whole photo when prepared with ``--tile 0``).
+
+Output folder (written to a temporary folder, moved into place when complete)::
+
+    metrics.json      the summary, the protocol sentence, provenance (checkpoint, data, config)
+    per_image.csv     one row per image
+    pr_curve.csv/png  the pooled precision-recall curve
+    overlays/         best and worst images: photo | probability | hits, false positives, misses
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cirl import __version__
+from cirl.config import to_dict
+from cirl.errors import CirlError
+from cirl.staging import staged_dir
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Parameters of evaluation (``params.yaml`` group ``evaluate``).
+
+    Attributes:
+        split: the split to score (``test``; ``val`` for model selection).
+        threshold: the operating threshold of the paper's protocol.
+        tolerance: if > 0, also score with this pixel tolerance (2 is common for cracks).
+        empty_f1: F1 of an image with no crack and no prediction: 0.0 (JTFN) or 1.0.
+        thresholds: number of thresholds of the ODS/OIS/AP sweep (k / (n + 1)).
+        overlays: best and worst images to draw.
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    split: str = "test"
+    threshold: float = 0.5
+    tolerance: int = 0
+    empty_f1: float = 0.0
+    thresholds: int = 99
+    overlays: int = 4
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "val", "test"):
+            raise ValueError(f"key 'split' must be train, val or test, got {self.split!r}")
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"key 'threshold' must be in (0, 1], got {self.threshold}")
+        if self.tolerance < 0:
+            raise ValueError(f"key 'tolerance' must be >= 0 pixels, got {self.tolerance}")
+        if self.empty_f1 not in (0.0, 1.0):
+            raise ValueError(f"key 'empty_f1' must be 0 (JTFN) or 1, got {self.empty_f1}")
+        if self.thresholds < 1:
+            raise ValueError(f"key 'thresholds' must be >= 1, got {self.thresholds}")
+        if self.overlays < 0:
+            raise ValueError(f"key 'overlays' must be >= 0, got {self.overlays}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"key 'device' must be auto, cpu or cuda, got {self.device!r}")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@torch.no_grad()
+def run(
+    cfg: EvaluateConfig,
+    data: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    progress: bool = True,
+) -> dict:
+    """Evaluate ``checkpoint`` on ``cfg.split`` of ``data`` and write the report to ``out``.
+
+    Args:
+        cfg: the stage's parameters.
+        data: a prepared folder (``cirl prepare``).
+        checkpoint: a checkpoint written by ``cirl train``.
+        out: the evaluation folder (replaced when complete).
+        progress: show a progress bar.
+
+    Returns:
+        The content of ``metrics.json``.
+
+    Raises:
+        CirlError: on a missing or foreign checkpoint, or a split with no tiles.
+    """
+    from cirl.checkpoint import build_from_checkpoint, file_sha256, load_checkpoint
+    from cirl.data.tiles import TileDataset
+    from cirl.inference import predict_prob
+    from cirl.metrics import SegmentationMetrics
+    from cirl.report import render_overlay, select_overlay_names, write_report_into
+    from cirl.train import resolve_device
+
+    data, checkpoint = Path(data), Path(checkpoint)
+    payload = load_checkpoint(checkpoint)
+    device = resolve_device(cfg.device)
+    model = build_from_checkpoint(payload, std_head=False).to(device).eval()
+    dataset = TileDataset(data, cfg.split)
+    metrics = SegmentationMetrics(cfg.threshold, cfg.thresholds, 0.0, cfg.empty_f1)
+    tolerant = (
+        SegmentationMetrics(cfg.threshold, cfg.thresholds, float(cfg.tolerance), cfg.empty_f1)
+        if cfg.tolerance > 0
+        else None
+    )
+
+    def predict(index: int) -> tuple[dict, np.ndarray]:
+        item = dataset[index]
+        prob = predict_prob(model, item["image"][None].to(device))[0, 0].cpu().numpy()
+        return item, prob
+
+    indices = range(len(dataset))
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=f"evaluate {cfg.split}", unit="image", leave=False)
+    by_name: dict[str, int] = {}
+    for index in indices:
+        item, prob = predict(index)
+        truth = item["mask"][0].numpy() > 0.5
+        valid = item["valid"][0].numpy() > 0.5
+        name = item["tile_id"]
+        by_name[name] = index
+        metrics.add(name, prob, truth, valid)
+        if tolerant is not None:
+            tolerant.add(name, prob, truth, valid)
+
+    overlays = {}
+    for stem, name in select_overlay_names(metrics.per_image(), cfg.overlays).items():
+        item, prob = predict(by_name[name])
+        rgb = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        overlays[stem] = render_overlay(
+            np.ascontiguousarray(rgb[:, :, ::-1]),
+            prob,
+            item["mask"][0].numpy() > 0.5,
+            item["valid"][0].numpy() > 0.5,
+            cfg.threshold,
+        )
+
+    manifest = data / "manifest.csv"
+    extra = {
+        "split": cfg.split,
+        "params": to_dict(cfg),
+        "provenance": {
+            "checkpoint": str(checkpoint),
+            "checkpoint_sha256": file_sha256(checkpoint),
+            "model_config": payload["model_config"],
+            "train_config": payload.get("config"),
+            "checkpoint_epoch": int(payload.get("epoch", -1)) + 1,
+            "data": str(data),
+            "manifest_sha256": _sha256(manifest),
+            "cirl_version": __version__,
+        },
+    }
+    if tolerant is not None:
+        extra["tolerant"] = tolerant.summary()
+    if len(metrics) == 0:  # pragma: no cover - TileDataset refuses an empty split
+        raise CirlError(f"{data}: no images in split {cfg.split!r}")
+    with staged_dir(out) as tmp:
+        summary = write_report_into(tmp, metrics, overlays, extra)
+    return summary

@@ -1,0 +1,406 @@
+"""Stage ``train``: one small training loop for the BCE baseline, CIRL phase I and phase II.
+
+* ``loss=bce``: plain BCE on valid pixels, no std head (the baseline).
+* ``loss=cirl, phase=1``: BCE + ``aseg_weight`` * L_Aseg (Eq. 7) with the std head.
+* ``loss=cirl, phase=2``: initialised from phase-I weights, std head dropped; BCE on valid pixels
+  outside the ambiguous set A + ``beta`` * L_CI on A (Eq. 16). A comes from ``cirl select``.
+
+JTFN-style models add their deep-supervision and boundary terms in every arm. Adam with the
+paper's defaults. A checkpoint (``last.pt``) is written atomically after every epoch and
+``best.pt`` whenever the validation F1 (per-image mean at 0.5) improves; the test split is never
+looked at. ``resume`` continues from ``last.pt`` exactly: the data order and augmentation of an
+epoch depend only on the seed and the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch.utils.data import DataLoader
+
+from cirl import __version__
+from cirl.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
+from cirl.config import to_dict
+from cirl.errors import CirlError
+from cirl.staging import staged_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Parameters of a training run (``params.yaml`` groups ``train_phase1``, ``train_phase2``...).
+
+    Attributes:
+        model: registry name (``unet``, ``unet-small``, ``jtfn``, ``jtfn-small``).
+        width: base width of the model; 0 keeps the registry preset.
+        phase: 1 or 2 (CIRL phases); ignored by ``loss=bce``.
+        loss: ``cirl`` or ``bce`` (the baseline).
+        epochs: epochs of this run.
+        steps_per_epoch: optimizer steps per epoch; 0 = one pass over the training tiles.
+        batch_size, crop: batch of random ``crop`` x ``crop`` training crops.
+        lr, weight_decay: Adam (paper: 1e-3, 5e-4).
+        lam: lambda of L_Aseg (paper 0.3); aseg_weight: its weight next to BCE (1).
+        beta: weight of L_CI (paper 0.2); k: neighbours K (paper 20); max_pixels: cap on |S|.
+        deep_supervision: weight of JTFN's extra heads.
+        seed: seeds weights, data order, augmentation and CI sampling.
+        workers: data-loader processes.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        amp: mixed precision on CUDA (ignored on CPU).
+        val_every: validate every N epochs (and at the last one).
+    """
+
+    model: str = "unet-small"
+    width: int = 0
+    phase: int = 1
+    loss: Literal["cirl", "bce"] = "cirl"
+    epochs: int = 10
+    steps_per_epoch: int = 0
+    batch_size: int = 2
+    crop: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    lam: float = 0.3
+    aseg_weight: float = 1.0
+    beta: float = 0.2
+    k: int = 20
+    max_pixels: int = 4096
+    deep_supervision: float = 1.0
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    amp: bool = True
+    val_every: int = 1
+
+    def __post_init__(self) -> None:
+        checks = {
+            "phase": self.phase in (1, 2),
+            "epochs": self.epochs >= 1,
+            "steps_per_epoch": self.steps_per_epoch >= 0,
+            "batch_size": self.batch_size >= 1,
+            "crop": self.crop >= 0,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "lam": self.lam > 0,
+            "aseg_weight": self.aseg_weight >= 0,
+            "beta": self.beta >= 0,
+            "k": self.k >= 1,
+            "max_pixels": self.max_pixels >= self.k + 2,
+            "width": self.width >= 0,
+            "workers": self.workers >= 0,
+            "device": self.device in ("auto", "cpu", "cuda"),
+            "val_every": self.val_every >= 1,
+        }
+        bad = [key for key, ok in checks.items() if not ok]
+        if bad:
+            key = bad[0]
+            raise ValueError(f"key {key!r} has an invalid value {getattr(self, key)!r}")
+
+    @property
+    def uses_std_head(self) -> bool:
+        """Only CIRL phase I trains the std head."""
+        return self.loss == "cirl" and self.phase == 1
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the checkpoints are and how training went."""
+
+    out: Path
+    best: Path
+    last: Path
+    best_epoch: int
+    best_val_f1: float
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CirlError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def _new_model(cfg: TrainConfig):
+    from cirl.models import build_model
+
+    kwargs = {"std_head": cfg.uses_std_head}
+    if cfg.width:
+        kwargs["base_width"] = cfg.width
+    return build_model(cfg.model, **kwargs)
+
+
+def compute_loss(
+    cfg: TrainConfig, out, batch: dict, generator: torch.Generator | None
+) -> tuple[torch.Tensor, dict]:
+    """The loss of one batch for the configured arm, and its parts for logging."""
+    from cirl.losses import aseg_loss, ci_loss, masked_bce
+
+    mask, valid = batch["mask"], batch["valid"]
+    logits = out.logits.float()
+    parts: dict[str, float] = {}
+    if cfg.loss == "cirl" and cfg.phase == 2:
+        ambiguous = batch["ambiguous"] * valid
+        supervised = valid * (1.0 - ambiguous)
+        bce = masked_bce(logits, mask, supervised)
+        ci = ci_loss(
+            torch.sigmoid(logits),
+            out.features.float(),
+            ambiguous > 0.5,
+            k=cfg.k,
+            max_pixels=cfg.max_pixels,
+            generator=generator,
+        )
+        loss = bce + cfg.beta * ci
+        parts["ci"] = float(ci.detach())
+        parts["ambiguous_fraction"] = float(ambiguous.sum() / valid.sum().clamp_min(1))
+    else:
+        supervised = valid
+        bce = masked_bce(logits, mask, supervised)
+        loss = bce
+        if cfg.uses_std_head:
+            aseg = aseg_loss(
+                torch.sigmoid(logits), mask, out.log_var.float(), lam=cfg.lam, valid=valid
+            )
+            loss = loss + cfg.aseg_weight * aseg
+            parts["aseg"] = float(aseg.detach())
+    parts["bce"] = float(bce.detach())
+    if (out.aux_logits or out.boundary_logits) and cfg.deep_supervision > 0:
+        from cirl.models.jtfn import jtfn_deep_supervision_loss
+
+        deep = jtfn_deep_supervision_loss(out, mask, supervised)
+        loss = loss + cfg.deep_supervision * deep
+        parts["deep"] = float(deep.detach())
+    return loss, parts
+
+
+@torch.no_grad()
+def validate(model, data: Path, device: torch.device) -> dict:
+    """Per-image mean P/R/F1 at 0.5 (the paper's protocol) on the validation split."""
+    from cirl.data.tiles import TileDataset
+    from cirl.inference import predict_prob
+    from cirl.metrics import SegmentationMetrics
+
+    model.eval()
+    metrics = SegmentationMetrics()
+    for item in TileDataset(data, "val"):
+        prob = predict_prob(model, item["image"][None].to(device))[0, 0].cpu().numpy()
+        metrics.add(
+            item["tile_id"], prob, item["mask"][0].numpy() > 0.5, item["valid"][0].numpy() > 0.5
+        )
+    summary = metrics.summary()
+    return {"f1": summary["f1"], "precision": summary["precision"], "recall": summary["recall"]}
+
+
+def _mix(*values: int) -> int:
+    """A stable 63-bit seed derived from several integers (seed, epoch, purpose)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence(list(values)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _generator(seed: int) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def _write_json(path: Path, payload) -> None:
+    with staged_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def run(
+    cfg: TrainConfig,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    init: str | os.PathLike | None = None,
+    ambiguity: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train one arm and write ``OUT/last.pt``, ``OUT/best.pt``, ``OUT/history.json``.
+
+    Args:
+        cfg: the run's parameters.
+        data: a prepared folder (``cirl prepare``).
+        out: the run folder.
+        init: phase II: the phase-I checkpoint to start from (required).
+        ambiguity: phase II: the ``cirl select`` output folder (required).
+        resume: continue from ``OUT/last.pt``.
+        progress: show a progress bar.
+
+    Raises:
+        CirlError: on missing inputs, a non-finite loss (the last good checkpoint is kept), or a
+            resume whose stored config differs from ``cfg``.
+    """
+    from cirl.data.tiles import TileDataset
+
+    data, out = Path(data), Path(out)
+    phase2 = cfg.loss == "cirl" and cfg.phase == 2
+    if phase2 and (init is None or ambiguity is None):
+        raise CirlError(
+            "phase 2 needs --init (the phase-I best.pt) and --ambiguity (the `cirl select` folder)"
+        )
+    if not phase2 and ambiguity is not None:
+        raise CirlError("--ambiguity is only used by phase 2 (--phase 2 --loss cirl)")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    train_set = TileDataset(
+        data, "train", crop=cfg.crop, augment=True, ambiguity=ambiguity, seed=cfg.seed
+    )
+    TileDataset(data, "val")  # fail early, with a clear message, when there is no val split
+    model = _new_model(cfg)
+    provenance = {
+        "data": str(data),
+        "init": str(init) if init else None,
+        "ambiguity": str(ambiguity) if ambiguity else None,
+        "cirl_version": __version__,
+    }
+    if init is not None:
+        payload = load_checkpoint(init)
+        if payload["model_config"]["name"] != cfg.model:
+            raise CirlError(
+                f"--init {init} holds model {payload['model_config']['name']!r}, not {cfg.model!r}"
+            )
+        model = build_from_checkpoint(payload, std_head=cfg.uses_std_head)
+        from cirl.checkpoint import file_sha256
+
+        provenance["init_sha256"] = file_sha256(init)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history: list[dict] = []
+    start_epoch, best_f1, best_epoch = 0, -1.0, -1
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if resume:
+        if not last_path.is_file():
+            raise CirlError(f"--resume: {last_path} not found; start without --resume")
+        state = load_checkpoint(last_path)
+        # Only the epoch count may change: a finished run can be extended, nothing else.
+        changed = sorted(
+            k for k, v in to_dict(cfg).items() if state["config"].get(k) != v and k != "epochs"
+        )
+        if changed:
+            raise CirlError(
+                f"--resume: {last_path} was trained with other parameters ({', '.join(changed)}); "
+                "resume with the same parameters (only --epochs may grow) or start a new run folder"
+            )
+        done = state["epoch"] + 1
+        if cfg.epochs < done:
+            raise CirlError(
+                f"--resume: {last_path} already holds {done} epochs, more than --epochs "
+                f"{cfg.epochs}; pass --epochs {done} or more"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"] + 1, list(state["history"])
+        best_f1, best_epoch = state["best_val_f1"], state["best_epoch"]
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", {"train": to_dict(cfg), **provenance})
+
+    steps = cfg.steps_per_epoch or math.ceil(len(train_set) / cfg.batch_size)
+    for epoch in range(start_epoch, cfg.epochs):
+        train_set.set_epoch(epoch)
+        sampler = torch.utils.data.RandomSampler(
+            train_set,
+            replacement=True,
+            num_samples=steps * cfg.batch_size,
+            generator=_generator(_mix(cfg.seed, epoch, 1)),
+        )
+        loader = DataLoader(
+            train_set,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=cfg.workers,
+            drop_last=True,
+            persistent_workers=False,
+            pin_memory=device.type == "cuda",
+        )
+        ci_generator = _generator(_mix(cfg.seed, epoch, 2))
+        torch.manual_seed(_mix(cfg.seed, epoch, 3))
+        model.train()
+        sums: dict[str, float] = {}
+        seen, t0 = 0, time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False
+            )
+        for step, batch in enumerate(loader):
+            batch = {
+                k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                for k, v in batch.items()
+            }
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                output = model(batch["image"])
+            loss, parts = compute_loss(cfg, output, batch, ci_generator)
+            if not torch.isfinite(loss):
+                kept = (
+                    f"the last good checkpoint is {last_path}"
+                    if last_path.exists()
+                    else "no checkpoint was written"
+                )
+                raise CirlError(
+                    f"loss became {float(loss.detach())} at epoch {epoch + 1} step {step + 1} "
+                    f"({parts}); {kept}. Lower --lr, check the data, or resume from the checkpoint"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            seen += batch["image"].shape[0]
+            for key, value in {"loss": float(loss.detach()), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + value
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{sums['loss'] / (step + 1):.4f}",
+                    img_s=f"{seen / (time.perf_counter() - t0):.1f}",
+                )
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        record = {
+            "epoch": epoch + 1,
+            **{k: v / steps for k, v in sums.items()},
+            "seconds": seconds,
+            "images_per_s": seen / seconds,
+        }
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+            record["val"] = validate(model, data, device)
+        history.append(record)
+        log.info("epoch %d: %s", epoch + 1, record)
+        improved = "val" in record and record["val"]["f1"] > best_f1
+        if improved:
+            best_f1, best_epoch = record["val"]["f1"], epoch + 1
+        payload = {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model_config": dict(model.config),
+            "config": to_dict(cfg),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "best_val_f1": best_f1,
+            "best_epoch": best_epoch,
+            "provenance": provenance,
+        }
+        # best first: an interruption between the two writes redoes this epoch identically
+        if improved:
+            save_checkpoint(best_path, payload)
+        save_checkpoint(last_path, payload)
+        _write_json(out / "history.json", history)
+    return TrainResult(out, best_path, last_path, best_epoch, best_f1, history)

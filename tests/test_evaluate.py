@@ -1,0 +1,131 @@
+"""Contract tier: evaluate and select wired to the data contract, checked with oracle models."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cirl import evaluate, selection
+from cirl.checkpoint import file_sha256, save_checkpoint
+from cirl.models import build_model
+from cirl.prepare import PrepareConfig
+from cirl.prepare import run as prepare
+
+
+@pytest.fixture(scope="module")
+def oracle_data(tmp_path_factory):
+    """Photos that are their own masks (white crack on black), prepared whole."""
+    root = tmp_path_factory.mktemp("oracle")
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (root / "raw" / sub).mkdir(parents=True)
+    for i in range(8):
+        mask = np.zeros((96, 128), np.uint8)
+        y = int(rng.integers(10, 86))
+        mask[y - 1 : y + 2, 5:120] = 255  # a horizontal crack 3 px wide
+        cv2.imwrite(str(root / "raw" / "images" / f"p{i}.png"), cv2.merge([mask] * 3))
+        cv2.imwrite(str(root / "raw" / "masks" / f"p{i}.png"), mask)
+    prepare(PrepareConfig(tile=0, split=(0.5, 0.25, 0.25)), root / "raw", "folder", root / "prep")
+    model = build_model("unet-small", base_width=4, std_head=True)
+    payload = {
+        "model": model.state_dict(),
+        "model_config": dict(model.config),
+        "config": {"loss": "cirl", "phase": 1},
+        "epoch": 0,
+    }
+    save_checkpoint(root / "model.pt", payload)
+    return root
+
+
+def _oracle(shift: int = 0, log_var: float | None = None):
+    def predict_prob(model, image, with_log_var=False):
+        prob = image[:, :1].clone()
+        if shift:
+            prob = torch.roll(prob, shifts=shift, dims=2)
+        if not with_log_var:
+            return prob
+        return prob, torch.full_like(prob, log_var if log_var is not None else 0.0)
+
+    return predict_prob
+
+
+def test_perfect_prediction_scores_one(oracle_data, monkeypatch):
+    monkeypatch.setattr("cirl.inference.predict_prob", _oracle())
+    cfg = evaluate.EvaluateConfig(device="cpu", overlays=1)
+    summary = evaluate.run(cfg, oracle_data / "prep", oracle_data / "model.pt", oracle_data / "e")
+    assert summary["f1"] == pytest.approx(1.0) and summary["ods"]["f1"] == pytest.approx(1.0)
+    assert summary["images"] == 2 and "0.5" in summary["protocol"]
+    assert summary["provenance"]["checkpoint_sha256"] == file_sha256(oracle_data / "model.pt")
+    written = json.loads((oracle_data / "e" / "metrics.json").read_text())
+    assert written["f1"] == summary["f1"]
+    with (oracle_data / "e" / "per_image.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and all(float(r["f1"]) == 1.0 for r in rows)
+    assert sorted(p.name.split("_")[0] for p in (oracle_data / "e" / "overlays").iterdir()) == [
+        "best",
+        "worst",
+    ]
+
+
+def test_shifted_prediction_is_forgiven_only_with_a_tolerance(oracle_data, monkeypatch):
+    monkeypatch.setattr("cirl.inference.predict_prob", _oracle(shift=2))
+    cfg = evaluate.EvaluateConfig(device="cpu", tolerance=2, overlays=0)
+    summary = evaluate.run(cfg, oracle_data / "prep", oracle_data / "model.pt", oracle_data / "t")
+    # a 3 px line moved down by 2 px overlaps on 1 row of 3: P = R = F1 = 1/3
+    assert summary["f1"] == pytest.approx(1 / 3)
+    assert summary["tolerant"]["f1"] == pytest.approx(1.0)
+    assert "tolerance 2 px" in summary["tolerant"]["protocol"]
+
+
+def test_select_keeps_high_variance_ring_pixels_only(oracle_data, monkeypatch):
+    # sigma^2 = e^0 = 1 everywhere: A is the whole marginal ring at gamma 0.4, empty at 2
+    monkeypatch.setattr("cirl.inference.predict_prob", _oracle(log_var=0.0))
+    cfg = selection.SelectConfig(gamma=0.4, device="cpu")
+    result = selection.run(cfg, oracle_data / "prep", oracle_data / "model.pt", oracle_data / "s")
+    assert result.tiles == 4 and result.selected_fraction == 1.0
+    ambiguous = sorted((oracle_data / "s" / "ambiguous").iterdir())
+    mask = cv2.imread(str(oracle_data / "prep" / "masks" / ambiguous[0].name), 0) > 0
+    a = cv2.imread(str(ambiguous[0]), 0) > 0
+    ring = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~mask
+    assert np.array_equal(a, ring)
+    high = selection.run(
+        selection.SelectConfig(gamma=2.0, device="cpu"),
+        oracle_data / "prep",
+        oracle_data / "model.pt",
+        oracle_data / "s2",
+    )
+    assert high.selected_pixels == 0 and high.marginal_pixels == result.marginal_pixels
+
+
+def test_select_ambiguous_thresholds_variance_not_std():
+    mask = np.zeros((7, 7), bool)
+    mask[3, :] = True
+    log_var = np.full((7, 7), np.log(0.3))  # sigma^2 = 0.3 < 0.4 < sigma = 0.55
+    log_var[1, 2] = np.log(0.5)
+    valid = np.ones((7, 7), bool)
+    valid[5, 0] = False
+    a, m, var = selection.select_ambiguous(log_var, mask, valid, gamma=0.4)
+    assert np.argwhere(a).tolist() == [[1, 2]]
+    assert m.sum() == 4 * 7 - 1 and not m[3].any() and not m[5, 0]
+    assert var[1, 2] == pytest.approx(0.5)
+
+
+def test_select_refuses_a_model_without_std_head(oracle_data, tmp_path):
+    from cirl.errors import CirlError
+
+    model = build_model("unet-small", base_width=4, std_head=False)
+    save_checkpoint(
+        tmp_path / "m.pt", {"model": model.state_dict(), "model_config": dict(model.config)}
+    )
+    with pytest.raises(CirlError, match="no std head"):
+        selection.run(
+            selection.SelectConfig(device="cpu"),
+            oracle_data / "prep",
+            tmp_path / "m.pt",
+            tmp_path / "o",
+        )
