@@ -169,3 +169,25 @@ def test_jtfn_feedback_changes_logits() -> None:
 def test_jtfn_rejects_zero_iterations() -> None:
     with pytest.raises(ValueError, match="iterations"):
         build_model("jtfn-small", iterations=0)
+
+
+def test_checkpoint_round_trip_keeps_the_trained_std_head(tmp_path) -> None:
+    from cirl.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
+
+    model = build_model("unet-small", base_width=4)
+    with torch.no_grad():
+        model.std_head.weight.fill_(0.25)
+        model.std_head.bias.fill_(-3.0)
+    save_checkpoint(
+        tmp_path / "m.pt", {"model": model.state_dict(), "model_config": dict(model.config)}
+    )
+    payload = load_checkpoint(tmp_path / "m.pt")
+    for std_head in (None, True):  # keep what the checkpoint has, or ask for it explicitly
+        rebuilt = build_from_checkpoint(payload, std_head=std_head)
+        assert torch.equal(rebuilt.std_head.bias, torch.tensor([-3.0]))
+        assert torch.equal(rebuilt.std_head.weight, model.std_head.weight)
+    dropped = build_from_checkpoint(payload, std_head=False)
+    assert dropped.std_head is None
+    x = _image(32, 32)
+    model.eval(), dropped.eval()
+    assert torch.equal(model(x).logits, dropped(x).logits)

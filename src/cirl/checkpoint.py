@@ -60,7 +60,7 @@ def build_from_checkpoint(payload: dict[str, Any], std_head: bool | None = None)
         config["std_head"] = std_head
     model = build_model(name, **config)
     state = payload["model"]
-    if not std_head:
+    if model.std_head is None:
         state = {k: v for k, v in state.items() if not k.startswith("std_head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("std_head.")]
