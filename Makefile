@@ -32,9 +32,9 @@ run: install
 	$(BIN)/cirl train --params $(PARAMS) --data $(DATA)/prepared/synth --phase 1 \
 		--out $(RUNS)/phase1 -q
 	$(BIN)/cirl select --params $(PARAMS) --data $(DATA)/prepared/synth \
-		--checkpoint $(RUNS)/phase1/best.pt --out $(RUNS)/select -q
+		--checkpoint $(RUNS)/phase1/last.pt --out $(RUNS)/select -q
 	$(BIN)/cirl train --params $(PARAMS) --data $(DATA)/prepared/synth --phase 2 \
-		--init $(RUNS)/phase1/best.pt --ambiguity $(RUNS)/select --out $(RUNS)/phase2 -q
+		--init $(RUNS)/phase1/last.pt --ambiguity $(RUNS)/select --out $(RUNS)/phase2 -q
 	$(BIN)/cirl evaluate --params $(PARAMS) --data $(DATA)/prepared/synth \
 		--checkpoint $(RUNS)/phase2/best.pt --out $(RUNS)/eval -q
 

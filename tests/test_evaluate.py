@@ -129,3 +129,46 @@ def test_select_refuses_a_model_without_std_head(oracle_data, tmp_path):
             tmp_path / "m.pt",
             tmp_path / "o",
         )
+
+
+def test_select_by_fraction_takes_the_highest_variance_share(oracle_data, monkeypatch):
+    # log-variance grows with the column: the top 30 % of the ring is its right-most part
+    def predict_prob(model, image, with_log_var=False):
+        prob = image[:, :1].clone()
+        w = image.shape[-1]
+        s = torch.linspace(-6.0, 2.0, w).expand_as(prob).clone()
+        return (prob, s) if with_log_var else prob
+
+    monkeypatch.setattr("cirl.inference.predict_prob", predict_prob)
+    cfg = selection.SelectConfig(fraction=0.3, device="cpu")
+    result = selection.run(cfg, oracle_data / "prep", oracle_data / "model.pt", oracle_data / "f")
+    assert result.selected_fraction == pytest.approx(0.3, abs=0.03)
+    assert np.log(result.gamma) == pytest.approx(-6.0 + 8.0 * 0.7, abs=0.3)
+    summary = json.loads((oracle_data / "f" / "summary.json").read_text())
+    assert summary["gamma_from"] == "fraction 0.3" and not summary["warnings"]
+    # the paper's gamma on the same maps: sigma^2 > 0.4 where s > -0.92
+    paper = selection.run(
+        selection.SelectConfig(device="cpu"),
+        oracle_data / "prep",
+        oracle_data / "model.pt",
+        oracle_data / "g",
+    )
+    assert paper.selected_fraction == pytest.approx((2.0 - np.log(0.4)) / 8.0, abs=0.05)
+
+
+def test_select_warns_when_nothing_is_selected(oracle_data, monkeypatch):
+    monkeypatch.setattr("cirl.inference.predict_prob", _oracle(log_var=-5.0))
+    result = selection.run(
+        selection.SelectConfig(device="cpu"),
+        oracle_data / "prep",
+        oracle_data / "model.pt",
+        oracle_data / "n",
+    )
+    assert result.selected_pixels == 0
+    assert "no pixel of the marginal ring" in result.warnings[0]
+
+
+def test_log_variance_encoding_round_trip():
+    s = np.array([-12.0, -10.0, -3.21, 0.0, 4.5, 10.0, 11.0], np.float32)
+    back = selection.decode_log_var(selection.encode_log_var(s))
+    assert np.allclose(back, np.clip(s, -10, 10), atol=20 / 65535)

@@ -136,7 +136,13 @@ def _cmd_select(args: argparse.Namespace) -> int:
         selection.SelectConfig,
         "select",
         args.params,
-        {"gamma": args.gamma, "kernel": args.kernel, "split": args.split, "device": args.device},
+        {
+            "gamma": args.gamma,
+            "fraction": args.fraction,
+            "kernel": args.kernel,
+            "split": args.split,
+            "device": args.device,
+        },
     )
     result = selection.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
     _print_json(
@@ -146,6 +152,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
             "marginal_pixels": result.marginal_pixels,
             "selected_pixels": result.selected_pixels,
             "selected_fraction": result.selected_fraction,
+            "gamma": result.gamma,
+            "warnings": list(result.warnings),
         }
     )
     return 0
@@ -175,6 +183,72 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             if k in summary
         }
     )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from cirl import config, export
+
+    cfg = config.resolve(
+        export.ExportConfig,
+        "export",
+        args.params,
+        {
+            "opset": args.opset,
+            "tolerance": args.tolerance,
+            "quantize": args.quantize,
+            "split": args.split,
+        },
+    )
+    result = export.run(cfg, args.checkpoint, args.out, data=args.data)
+    payload = {
+        "out": str(result.out),
+        "report": str(result.out) + ".json",
+        "opset": cfg.opset,
+        "parity_max_abs_diff": result.parity_max_abs_diff,
+    }
+    if "int8" in result.report:
+        payload["int8"] = result.report["int8"]["model"]
+        if "accuracy" in result.report["int8"]:
+            payload["int8_f1_change"] = result.report["int8"]["accuracy"]["f1_change"]
+    _print_json(payload)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from cirl import config, predict
+
+    cfg = config.resolve(
+        predict.PredictConfig,
+        "predict",
+        args.params,
+        {
+            "engine": args.engine,
+            "tile": args.tile,
+            "overlap": args.overlap,
+            "batch": args.batch,
+            "threshold": args.threshold,
+            "threads": args.threads,
+            "device": args.device,
+            "mm_per_pixel": args.mm_per_pixel,
+            "min_crack_pixels": args.min_crack_pixels,
+        },
+    )
+    result = predict.run(cfg, args.input, args.model, args.out, progress=not args.quiet)
+    _print_json(
+        {
+            "out": str(result.out),
+            "done": len(result.done),
+            "failed": [f["image"] for f in result.failed],
+        }
+    )
+    if result.failed:
+        print(
+            f"error: {len(result.failed)} of {len(result.failed) + len(result.done)} photo(s) "
+            f"failed; reasons in {result.out / 'predictions.json'}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -291,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="select the ambiguous pixels with a phase-I model",
         description=(
             "Run the phase-I model over every training tile and write OUT/ambiguous/*.png "
-            "(A = sigma^2 > gamma inside the marginal ring), OUT/variance/*.png, "
+            "(A = sigma^2 > gamma inside the marginal ring), OUT/log_variance/*.png, "
             "OUT/selection.csv, OUT/summary.json and OUT/overview.png."
         ),
     )
@@ -299,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="PT", help="phase-I checkpoint")
     p.add_argument("--out", required=True, metavar="DIR", help="selection folder")
     p.add_argument("--gamma", type=float, help="variance threshold (default 0.4)")
+    p.add_argument(
+        "--fraction",
+        type=float,
+        help="instead of --gamma: select this share of the ring, highest variance first",
+    )
     p.add_argument("--kernel", type=int, help="marginal ring dilation size (default 5)")
     p.add_argument("--split", choices=("train", "val", "test"), help="default train")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
@@ -334,6 +413,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_params(p)
     p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (backbone + seg head, sigmoid included)",
+        description=(
+            "Write OUT (.onnx) without the std head, with dynamic batch/height/width, checked by "
+            "onnx.checker and against PyTorch (max abs difference within --tolerance), and "
+            "OUT.json with the measurements. --quantize int8 adds OUT-stem.int8.onnx; with "
+            "--data its accuracy change on --split is measured."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PT", help="checkpoint to export")
+    p.add_argument("--out", required=True, metavar="ONNX", help="output .onnx file")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    p.add_argument("--tolerance", type=float, help="parity bound (default 1e-4)")
+    p.add_argument("--quantize", choices=("none", "int8"), help="also write an int8 model")
+    p.add_argument("--data", metavar="DIR", help="prepared folder to score the int8 model on")
+    p.add_argument("--split", choices=("train", "val", "test"), help="default test")
+    _add_params(p)
+    p.set_defaults(handler=_cmd_export)
+
+    p = sub.add_parser(
+        "predict",
+        help="crack maps, overlays and crack measurements for photos of any size",
+        description=(
+            "Sliding-window prediction with blended overlaps. Writes per photo NAME_mask.png, "
+            "NAME_prob.png, NAME_overlay.jpg, NAME.json and NAME_cracks.csv (length, width, "
+            "orientation of each connected crack), and predictions.json. Photos that cannot "
+            "be read are reported and skipped; the exit status is 1 if any failed."
+        ),
+    )
+    p.add_argument("input", metavar="IMAGE_OR_DIR", help="a photo or a folder of photos")
+    p.add_argument("--model", required=True, metavar="FILE", help=".onnx (or .pt with torch)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--engine", choices=("onnx", "torch"), help="default onnx")
+    p.add_argument("--tile", type=int, help="tile side (default 512)")
+    p.add_argument("--overlap", type=int, help="overlap between tiles (default 64)")
+    p.add_argument("--batch", type=int, help="tiles per forward pass (default 4)")
+    p.add_argument("--threshold", type=float, help="crack threshold (default 0.5)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    p.add_argument("--mm-per-pixel", type=float, help="adds millimetre measurements")
+    p.add_argument("--min-crack-pixels", type=int, help="smallest crack measured (default 20)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_params(p)
+    p.set_defaults(handler=_cmd_predict)
     return parser
 
 

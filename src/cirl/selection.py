@@ -8,10 +8,19 @@ selected. Written once, at the end of phase I, and used by phase II as an extra 
 Output folder::
 
     ambiguous/<tile_id>.png   A: 255 = ambiguous, 0 = not
-    variance/<tile_id>.png    sigma^2 as 16-bit PNG: value = round(min(sigma^2, 1) * 65535)
+    log_variance/<tile_id>.png  s = log sigma^2 as 16-bit PNG: s = value / 65535 * 20 - 10
     selection.csv             tile_id, marginal_pixels, selected_pixels, selected_fraction
-    summary.json              gamma, kernel, totals, the checkpoint and its SHA-256
+    summary.json              gamma used, kernel, totals, quantiles of sigma^2 on M, warnings,
+                              the checkpoint and its SHA-256
     overview.png              image, truth, variance and A for a few tiles (the paper's Fig. 2)
+
+The threshold is ``gamma`` (the paper's 0.4) unless ``fraction`` > 0: then gamma is set to the
+variance above which that fraction of the ring's pixels lies on this split, for models whose
+learned variances sit on another scale. A selection of nothing, or of nearly the whole ring, is
+reported as a warning (the std head learned no contrast at that threshold).
+
+Two passes: the first runs the model and stores the log-variance maps (and a histogram of
+``s`` on M), the second thresholds the stored maps; the model runs once per tile.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +42,11 @@ from cirl.config import to_dict
 from cirl.errors import CirlError
 from cirl.staging import staged_dir
 
-VARIANCE_SCALE = 65535
+log = logging.getLogger(__name__)
+
+LOG_VAR_CLAMP = 10.0
+_LEVELS = 65535
+_HIST_BINS = 4000
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,8 @@ class SelectConfig:
 
     Attributes:
         gamma: variance threshold (paper 0.4), compared with sigma^2.
+        fraction: if > 0, ignore ``gamma`` and select this fraction of the marginal ring (the
+            pixels of highest variance); 0 uses ``gamma``.
         kernel: side of the square dilation that makes the marginal ring (paper 5).
         split: the split to select on (``train``).
         overview: number of tiles in ``overview.png``.
@@ -48,6 +64,7 @@ class SelectConfig:
     """
 
     gamma: float = 0.4
+    fraction: float = 0.0
     kernel: int = 5
     split: str = "train"
     overview: int = 4
@@ -56,6 +73,8 @@ class SelectConfig:
     def __post_init__(self) -> None:
         if self.gamma <= 0:
             raise ValueError(f"key 'gamma' must be > 0, got {self.gamma}")
+        if not 0 <= self.fraction < 1:
+            raise ValueError(f"key 'fraction' must be in [0, 1), got {self.fraction}")
         if self.kernel < 3 or self.kernel % 2 == 0:
             raise ValueError(f"key 'kernel' must be an odd size >= 3, got {self.kernel}")
         if self.split not in ("train", "val", "test"):
@@ -70,6 +89,8 @@ class SelectResult:
     tiles: int
     marginal_pixels: int
     selected_pixels: int
+    gamma: float = 0.4
+    warnings: tuple[str, ...] = ()
 
     @property
     def selected_fraction(self) -> float:
@@ -106,12 +127,14 @@ def select_ambiguous(
 
 
 def _overview(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-    """A grid: one row per tile of photo, truth, variance heat map, A over the photo."""
+    """A grid: one row per tile of photo, truth, variance heat map (log), A over the photo."""
     panels = []
     for image, mask, variance, ambiguous in rows:
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         truth = cv2.cvtColor(mask.astype(np.uint8) * 255, cv2.COLOR_GRAY2BGR)
-        heat = cv2.applyColorMap((np.clip(variance, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+        # log scale: sigma^2 from 1e-4 (blue) to 10 (red)
+        level = (np.log10(np.maximum(variance, 1e-4)) + 4.0) / 5.0
+        heat = cv2.applyColorMap((np.clip(level, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
         over = (bgr * 0.5).astype(np.uint8)
         over[mask] = (255, 255, 255)
         over[ambiguous] = (0, 0, 255)
@@ -119,6 +142,28 @@ def _overview(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]])
     width = max(p.shape[1] for p in panels)
     panels = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0))) for p in panels]
     return np.vstack(panels)
+
+
+def encode_log_var(log_var: np.ndarray) -> np.ndarray:
+    """``s`` clamped to [-10, 10] as uint16: ``round((s + 10) / 20 * 65535)``."""
+    scaled = (np.clip(log_var, -LOG_VAR_CLAMP, LOG_VAR_CLAMP) + LOG_VAR_CLAMP) / (2 * LOG_VAR_CLAMP)
+    return np.round(scaled * _LEVELS).astype(np.uint16)
+
+
+def decode_log_var(stored: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_log_var` (to within 20 / 65535 in ``s``)."""
+    return stored.astype(np.float32) / _LEVELS * (2 * LOG_VAR_CLAMP) - LOG_VAR_CLAMP
+
+
+def _quantile_from_histogram(hist: np.ndarray, edges: np.ndarray, q: float) -> float:
+    """The ``q`` quantile of values binned in ``hist`` (linear within a bin)."""
+    cumulative = np.cumsum(hist)
+    target = q * cumulative[-1]
+    i = int(np.searchsorted(cumulative, target, side="left"))
+    i = min(i, len(hist) - 1)
+    before = cumulative[i - 1] if i else 0
+    inside = (target - before) / hist[i] if hist[i] else 0.0
+    return float(edges[i] + inside * (edges[i + 1] - edges[i]))
 
 
 @torch.no_grad()
@@ -136,6 +181,7 @@ def run(
     """
     from cirl.data.tiles import TileDataset
     from cirl.inference import predict_prob
+    from cirl.losses import marginal_region
     from cirl.train import resolve_device
 
     data, out = Path(data), Path(out)
@@ -148,31 +194,50 @@ def run(
     device = resolve_device(cfg.device)
     model = build_from_checkpoint(payload).to(device).eval()
     dataset = TileDataset(data, cfg.split)
-    csv_buf = io.StringIO()
-    writer = csv.writer(csv_buf, lineterminator="\n")
-    writer.writerow(["tile_id", "marginal_pixels", "selected_pixels", "selected_fraction"])
-    total_m = total_a = 0
-    preview = []
-    iterator = range(len(dataset))
-    if progress:
-        from tqdm import tqdm
+    edges = np.linspace(-LOG_VAR_CLAMP, LOG_VAR_CLAMP, _HIST_BINS + 1)
+    hist = np.zeros(_HIST_BINS, np.int64)
 
-        iterator = tqdm(iterator, desc="select", unit="tile", leave=False)
+    def tiles(desc: str):
+        iterator = range(len(dataset))
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(iterator, desc=desc, unit="tile", leave=False)
+        return iterator
+
     with staged_dir(out) as tmp:
         (tmp / "ambiguous").mkdir()
-        (tmp / "variance").mkdir()
-        for index in iterator:
+        (tmp / "log_variance").mkdir()
+        # Pass 1: the model's log-variance of every tile, and its histogram on the ring M.
+        for index in tiles("select: variance"):
             item = dataset[index]
             _, log_var = predict_prob(model, item["image"][None].to(device), with_log_var=True)
+            stored = encode_log_var(log_var[0, 0].cpu().numpy())
+            cv2.imwrite(str(tmp / "log_variance" / f"{item['tile_id']}.png"), stored)
+            mask = item["mask"][0].numpy() > 0.5
+            ring = marginal_region(mask, cfg.kernel) & (item["valid"][0].numpy() > 0.5)
+            hist += np.histogram(decode_log_var(stored)[ring], bins=edges)[0]
+        if cfg.fraction > 0 and hist.sum():
+            gamma = float(np.exp(_quantile_from_histogram(hist, edges, 1.0 - cfg.fraction)))
+        else:
+            gamma = cfg.gamma
+
+        # Pass 2: threshold the stored maps.
+        csv_buf = io.StringIO()
+        writer = csv.writer(csv_buf, lineterminator="\n")
+        writer.writerow(["tile_id", "marginal_pixels", "selected_pixels", "selected_fraction"])
+        total_m = total_a = 0
+        preview = []
+        for index in tiles("select: threshold"):
+            item = dataset[index]
+            tile_id = item["tile_id"]
+            stored = cv2.imread(str(tmp / "log_variance" / f"{tile_id}.png"), cv2.IMREAD_UNCHANGED)
             mask = item["mask"][0].numpy() > 0.5
             valid = item["valid"][0].numpy() > 0.5
             ambiguous, marginal, variance = select_ambiguous(
-                log_var[0, 0].cpu().numpy(), mask, valid, cfg.gamma, cfg.kernel
+                decode_log_var(stored), mask, valid, gamma, cfg.kernel
             )
-            tile_id = item["tile_id"]
             cv2.imwrite(str(tmp / "ambiguous" / f"{tile_id}.png"), ambiguous.astype(np.uint8) * 255)
-            scaled = np.round(np.clip(variance, 0, 1) * VARIANCE_SCALE).astype(np.uint16)
-            cv2.imwrite(str(tmp / "variance" / f"{tile_id}.png"), scaled)
             n_m, n_a = int(marginal.sum()), int(ambiguous.sum())
             total_m, total_a = total_m + n_m, total_a + n_a
             writer.writerow([tile_id, n_m, n_a, f"{n_a / n_m if n_m else 0.0:.6f}"])
@@ -180,17 +245,46 @@ def run(
                 image = (item["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
                 preview.append((image, mask, variance, ambiguous))
         (tmp / "selection.csv").write_text(csv_buf.getvalue())
+        fraction = total_a / total_m if total_m else 0.0
+        quantiles = (
+            {
+                f"q{int(q * 100):02d}": float(np.exp(_quantile_from_histogram(hist, edges, q)))
+                for q in (0.5, 0.9, 0.99)
+            }
+            if hist.sum()
+            else {}
+        )
+        warnings = []
+        if total_m and fraction == 0:
+            warnings.append(
+                f"no pixel of the marginal ring has sigma^2 > gamma = {gamma:.4g} (the ring's "
+                f"99th percentile is {quantiles.get('q99', 0):.3g}); phase 2 will train like BCE. "
+                "Train phase 1 longer, lower --gamma, or select a share with --fraction"
+            )
+        elif fraction > 0.9:
+            warnings.append(
+                f"{fraction:.0%} of the marginal ring is selected (gamma = {gamma:.4g}): the std "
+                "head has not learned where labels are ambiguous; train phase 1 longer or raise "
+                "--gamma"
+            )
+        for message in warnings:
+            log.warning("%s", message)
         summary = {
             "params": to_dict(cfg),
+            "gamma": gamma,
+            "gamma_from": f"fraction {cfg.fraction}" if cfg.fraction > 0 else "params",
             "checkpoint": str(checkpoint),
             "checkpoint_sha256": file_sha256(checkpoint),
+            "checkpoint_epoch": int(payload.get("epoch", -1)) + 1,
             "tiles": len(dataset),
             "marginal_pixels": total_m,
             "selected_pixels": total_a,
-            "selected_fraction": total_a / total_m if total_m else 0.0,
-            "variance_png_scale": f"sigma^2 = value / {VARIANCE_SCALE} (clipped at 1)",
+            "selected_fraction": fraction,
+            "variance_on_marginal_ring": quantiles,
+            "warnings": warnings,
+            "log_variance_png": "s = value / 65535 * 20 - 10, sigma^2 = exp(s)",
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if preview:
             cv2.imwrite(str(tmp / "overview.png"), _overview(preview))
-    return SelectResult(out, len(dataset), total_m, total_a)
+    return SelectResult(out, len(dataset), total_m, total_a, gamma, tuple(warnings))

@@ -33,6 +33,18 @@ def _writable_parent(final: Path) -> Path:
     return parent
 
 
+def writable_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and check it is writable.
+
+    Raises:
+        CirlError: naming the folder when it cannot be created or written to.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CirlError(f"output {folder} exists and is not a folder; remove it or pick another")
+    return _writable_parent(folder / ".probe")
+
+
 @contextlib.contextmanager
 def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces ``final`` when the block completes.

@@ -261,8 +261,11 @@ def run(
     )
     TileDataset(data, "val")  # fail early, with a clear message, when there is no val split
     model = _new_model(cfg)
+    from cirl.checkpoint import file_sha256
+
     provenance = {
         "data": str(data),
+        "manifest_sha256": file_sha256(data / "manifest.csv"),
         "init": str(init) if init else None,
         "ambiguity": str(ambiguity) if ambiguity else None,
         "cirl_version": __version__,
@@ -274,8 +277,6 @@ def run(
                 f"--init {init} holds model {payload['model_config']['name']!r}, not {cfg.model!r}"
             )
         model = build_from_checkpoint(payload, std_head=cfg.uses_std_head)
-        from cirl.checkpoint import file_sha256
-
         provenance["init_sha256"] = file_sha256(init)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

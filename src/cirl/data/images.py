@@ -106,15 +106,29 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Raises:
         ImageReadError: naming the file when it is missing, empty, truncated or corrupt.
     """
+    return read_image_with_notes(path)[0]
+
+
+def read_image_with_notes(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+    """Like :func:`read_image`, also saying what was converted (for reports).
+
+    Returns:
+        ``(image, notes)``: ``(H, W, 3)`` uint8 BGR, and remarks such as ``"16-bit scaled to
+        8-bit"``, ``"grayscale expanded to 3 channels"``, ``"alpha channel dropped"``.
+    """
     path = Path(path)
-    array = _to_uint8(_decode(path, cv2.IMREAD_UNCHANGED))
-    if array.ndim == 2:
-        array = cv2.cvtColor(array, cv2.COLOR_GRAY2BGR)
+    raw = _decode(path, cv2.IMREAD_UNCHANGED)
+    notes = []
+    if raw.dtype != np.uint8:
+        notes.append(f"{raw.dtype} scaled to 8-bit")
+    array = _to_uint8(raw)
+    if array.ndim == 2 or array.shape[2] == 1:
+        array = cv2.cvtColor(array.reshape(array.shape[:2]), cv2.COLOR_GRAY2BGR)
+        notes.append("grayscale expanded to 3 channels")
     elif array.shape[2] == 4:
         array = cv2.cvtColor(array, cv2.COLOR_BGRA2BGR)
-    elif array.shape[2] == 1:
-        array = cv2.cvtColor(array[:, :, 0], cv2.COLOR_GRAY2BGR)
-    return np.ascontiguousarray(array)
+        notes.append("alpha channel dropped")
+    return np.ascontiguousarray(array), notes
 
 
 def read_label(path: str | os.PathLike) -> tuple[np.ndarray, bool]:

@@ -1,0 +1,384 @@
+"""Stage ``predict``: photos of any size to crack maps, overlays and crack measurements.
+
+Sliding window: tiles of ``tile`` px with ``overlap`` px between neighbours (the last tile of a
+row or column is shifted inward to end at the edge; a photo smaller than a tile is
+reflect-padded). Each tile's probabilities are weighted by a window that falls linearly to
+nearly zero across the overlap and are averaged where tiles overlap, so there are no seams.
+Tiles run in batches of ``batch``; the photo is processed one row of tiles at a time and only
+that strip is kept in floating point, so memory is the 8-bit photo, the 8-bit outputs and one
+strip of ``tile`` rows, not a float copy of a 36-megapixel image.
+
+Per photo ``NAME`` (its file stem) in the output folder:
+
+=====================  ===============================================================
+``NAME_mask.png``      binary crack map, 255 = crack (probability >= threshold)
+``NAME_prob.png``      probability, 8-bit (value / 255)
+``NAME_overlay.jpg``   the photo with cracks in red, for people to look at
+``NAME.json``          report: sizes, conversions, model, engine, timings, crack summary
+``NAME_cracks.csv``    one row per connected crack: length, widths, orientation (px, and mm
+                       with ``mm_per_pixel``)
+=====================  ===============================================================
+
+Also ``predictions.json``: every input with its status. A photo that cannot be read is
+reported and skipped; the others are still processed; the command exits non-zero if any failed.
+Every file is written to a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cirl import __version__
+from cirl.config import to_dict
+from cirl.data.images import IMAGE_SUFFIXES, read_image_with_notes
+from cirl.errors import CirlError
+from cirl.staging import staged_file, writable_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Parameters of prediction (``params.yaml`` group ``predict``).
+
+    Attributes:
+        engine: ``onnx`` (an exported ``.onnx``) or ``torch`` (a ``.pt`` checkpoint).
+        tile: sliding-window tile side, a multiple of the model's stride.
+        overlap: pixels shared by neighbouring tiles (blended), < tile.
+        batch: tiles per forward pass.
+        threshold: crack where probability >= threshold.
+        threads: CPU threads of the engine (0 = its default).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        mm_per_pixel: ground sampling distance; > 0 adds millimetre columns, 0 = unknown.
+        min_crack_pixels: connected cracks smaller than this are not measured (noise).
+        overlay_alpha: opacity of the red crack colour in the overlay.
+    """
+
+    engine: str = "onnx"
+    tile: int = 512
+    overlap: int = 64
+    batch: int = 4
+    threshold: float = 0.5
+    threads: int = 0
+    device: str = "auto"
+    mm_per_pixel: float = 0.0
+    min_crack_pixels: int = 20
+    overlay_alpha: float = 0.6
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("onnx", "torch"):
+            raise ValueError(f"key 'engine' must be onnx or torch, got {self.engine!r}")
+        if self.tile < 32:
+            raise ValueError(f"key 'tile' must be >= 32, got {self.tile}")
+        if not 0 <= self.overlap < self.tile // 2:
+            raise ValueError(
+                f"key 'overlap' must be in 0..{self.tile // 2 - 1} (under half the tile), "
+                f"got {self.overlap}"
+            )
+        if self.batch < 1:
+            raise ValueError(f"key 'batch' must be >= 1, got {self.batch}")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"key 'threshold' must be in (0, 1), got {self.threshold}")
+        if self.threads < 0:
+            raise ValueError(f"key 'threads' must be >= 0, got {self.threads}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"key 'device' must be auto, cpu or cuda, got {self.device!r}")
+        if not (self.mm_per_pixel >= 0 and np.isfinite(self.mm_per_pixel)):
+            raise ValueError(f"key 'mm_per_pixel' must be a number >= 0, got {self.mm_per_pixel}")
+        if self.min_crack_pixels < 1:
+            raise ValueError(f"key 'min_crack_pixels' must be >= 1, got {self.min_crack_pixels}")
+        if not 0 <= self.overlay_alpha <= 1:
+            raise ValueError(f"key 'overlay_alpha' must be in [0, 1], got {self.overlay_alpha}")
+
+
+@dataclass
+class PredictResult:
+    """What happened to every input."""
+
+    out: Path
+    done: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+
+
+def window_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile starts along one axis: step ``tile - overlap``, the last shifted to end at the edge.
+
+    ``length`` must be >= ``tile`` (shorter sides are padded first).
+    """
+    if length < tile:
+        raise ValueError(f"length {length} is shorter than the tile {tile}; pad it first")
+    step = tile - overlap
+    starts = list(range(0, length - tile + 1, step))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """``(tile,)`` weights: 1 in the middle, falling linearly to ``0.5 / overlap`` at the ends.
+
+    The 2-D weight of a tile is the outer product of two of these. Weighted averaging makes
+    the blend continuous across tile borders (each tile fades out where its neighbour takes
+    over), and the weight stays positive, so a pixel covered by one tile only keeps its value.
+    """
+    if overlap == 0:
+        return np.ones(tile, np.float32)
+    index = np.arange(tile, dtype=np.float32)
+    edge = np.minimum(index, tile - 1 - index) + 0.5
+    return np.clip(edge / overlap, 0.0, 1.0).astype(np.float32)
+
+
+def sliding_window(
+    image_rgb: np.ndarray, engine, cfg: PredictConfig
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Run ``engine`` over ``image_rgb`` tile by tile and blend.
+
+    Args:
+        image_rgb: ``(H, W, 3)`` uint8 RGB photo of any size.
+        engine: an engine from :func:`cirl.engine.load_engine`.
+        cfg: tile, overlap, batch and threshold.
+
+    Returns:
+        ``(prob8, mask, stats)``: ``(H, W)`` uint8 probability (value / 255), ``(H, W)`` bool
+        crack map (float probability >= threshold, before 8-bit rounding) and counts/timings.
+    """
+    if cfg.tile % engine.stride:
+        raise CirlError(
+            f"tile {cfg.tile} is not a multiple of the model's stride {engine.stride}; "
+            f"use --tile {cfg.tile // engine.stride * engine.stride or engine.stride}"
+        )
+    h, w = image_rgb.shape[:2]
+    T = cfg.tile
+    ph, pw = max(T - h, 0), max(T - w, 0)
+    if ph or pw:  # smaller than a tile: reflect so the model sees plausible context
+        mode = cv2.BORDER_REFLECT_101 if min(h, w) > 1 else cv2.BORDER_REPLICATE
+        image_rgb = cv2.copyMakeBorder(image_rgb, 0, ph, 0, pw, mode)
+    H, W = image_rgb.shape[:2]
+    ys, xs = window_starts(H, T, cfg.overlap), window_starts(W, T, cfg.overlap)
+    ramp = blend_window(T, cfg.overlap)
+    weight = np.outer(ramp, ramp)
+    prob8 = np.zeros((h, w), np.uint8)
+    mask = np.zeros((h, w), bool)
+    # Strip accumulators for the rows [base, base + T) of the padded photo.
+    num = np.zeros((T, W), np.float32)
+    den = np.zeros((T, W), np.float32)
+    base = 0
+    infer_seconds = 0.0
+
+    def flush(upto: int) -> None:
+        """Finish rows [base, upto): no later tile row touches them."""
+        nonlocal base, num, den
+        rows = upto - base
+        if rows <= 0:
+            return
+        p = num[:rows] / den[:rows]
+        lo, hi = base, min(upto, h)
+        if hi > lo:
+            part = p[: hi - lo, :w]
+            mask[lo:hi] = part >= cfg.threshold
+            prob8[lo:hi] = np.clip(np.rint(part * 255.0), 0, 255).astype(np.uint8)
+        num = np.concatenate([num[rows:], np.zeros((rows, W), np.float32)])
+        den = np.concatenate([den[rows:], np.zeros((rows, W), np.float32)])
+        base = upto
+
+    boxes = [(y, x) for y in ys for x in xs]
+    for start in range(0, len(boxes), cfg.batch):
+        chunk = boxes[start : start + cfg.batch]
+        if chunk[0][0] > base:
+            flush(chunk[0][0])
+        batch = np.stack([image_rgb[y : y + T, x : x + T] for y, x in chunk])
+        batch = batch.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
+        t0 = time.perf_counter()
+        probs = engine(batch)[:, 0]
+        infer_seconds += time.perf_counter() - t0
+        for (y, x), p in zip(chunk, probs, strict=True):
+            if y > base:  # a batch may span two tile rows
+                flush(y)
+            num[y - base : y - base + T, x : x + T] += p * weight
+            den[y - base : y - base + T, x : x + T] += weight
+    flush(H)
+    stats = {
+        "tiles": len(boxes),
+        "grid": [len(ys), len(xs)],
+        "padded_to": [H, W] if (ph or pw) else None,
+        "infer_seconds": infer_seconds,
+    }
+    return prob8, mask, stats
+
+
+def render_overlay(image_bgr: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """The photo with crack pixels tinted red (BGR uint8, same size)."""
+    out = image_bgr.copy()
+    red = np.array([0, 0, 255], np.float32)
+    pixels = out[mask].astype(np.float32)
+    out[mask] = np.clip((1 - alpha) * pixels + alpha * red, 0, 255).astype(np.uint8)
+    return out
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with staged_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _encode(ext: str, array: np.ndarray, params: list[int] | None = None) -> bytes:
+    ok, buf = cv2.imencode(ext, array, params or [])
+    if not ok:  # pragma: no cover - OpenCV only fails on unsupported arrays
+        raise CirlError(f"could not encode an image of shape {array.shape} as {ext}")
+    return buf.tobytes()
+
+
+def list_inputs(path: Path) -> list[Path]:
+    """The photos to process: one file, or the image files of a folder (not recursive).
+
+    Raises:
+        CirlError: when the path does not exist, or a folder holds no image file.
+    """
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise CirlError(f"input {path} does not exist; pass a photo or a folder of photos")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CirlError(
+            f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder; "
+            "pass a folder of photos or a single photo"
+        )
+    return files
+
+
+def _names(files: list[Path]) -> dict[Path, str]:
+    """Output names: the stem, or stem_ext where two inputs share a stem."""
+    stems: dict[str, int] = {}
+    for f in files:
+        stems[f.stem] = stems.get(f.stem, 0) + 1
+    return {
+        f: f.stem if stems[f.stem] == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}"
+        for f in files
+    }
+
+
+def predict_one(path: Path, name: str, engine, cfg: PredictConfig, out: Path) -> dict:
+    """Process one photo and write its five outputs; returns its report."""
+    from cirl.measure import measure_cracks, summarize, write_cracks_csv
+
+    t0 = time.perf_counter()
+    image_bgr, notes = read_image_with_notes(path)
+    t_read = time.perf_counter() - t0
+    h, w = image_bgr.shape[:2]
+    t0 = time.perf_counter()
+    prob8, mask, stats = sliding_window(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB), engine, cfg)
+    t_predict = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cracks = measure_cracks(mask, min_pixels=cfg.min_crack_pixels)
+    t_measure = time.perf_counter() - t0
+    mm = cfg.mm_per_pixel or None
+    t0 = time.perf_counter()
+    _write_bytes(out / f"{name}_mask.png", _encode(".png", mask.view(np.uint8) * np.uint8(255)))
+    _write_bytes(out / f"{name}_prob.png", _encode(".png", prob8))
+    overlay = render_overlay(image_bgr, mask, cfg.overlay_alpha)
+    _write_bytes(
+        out / f"{name}_overlay.jpg", _encode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    )
+    with staged_file(out / f"{name}_cracks.csv") as tmp:
+        write_cracks_csv(tmp, cracks, mm)
+    t_write = time.perf_counter() - t0
+    report = {
+        "image": str(path),
+        "name": name,
+        "width": w,
+        "height": h,
+        "conversions": notes,
+        "engine": engine.name,
+        "model": engine.description,
+        "params": to_dict(cfg),
+        "cirl_version": __version__,
+        "tiles": stats,
+        "crack_pixels": int(mask.sum()),
+        "crack_fraction": float(mask.mean()),
+        "cracks": summarize(cracks, mm),
+        "mm_per_pixel": mm,
+        "seconds": {
+            "read": t_read,
+            "predict": t_predict,
+            "infer": stats["infer_seconds"],
+            "measure": t_measure,
+            "write": t_write,
+        },
+        "megapixels_per_second": h * w / 1e6 / t_predict if t_predict > 0 else None,
+        "outputs": [
+            f"{name}_mask.png",
+            f"{name}_prob.png",
+            f"{name}_overlay.jpg",
+            f"{name}.json",
+            f"{name}_cracks.csv",
+        ],
+    }
+    _write_bytes(out / f"{name}.json", (json.dumps(report, indent=2) + "\n").encode())
+    return report
+
+
+def run(
+    cfg: PredictConfig,
+    inputs: str | os.PathLike,
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    progress: bool = True,
+) -> PredictResult:
+    """Predict every photo of ``inputs`` with ``model`` and write the outputs to ``out``.
+
+    Args:
+        cfg: the stage's parameters.
+        inputs: a photo or a folder of photos.
+        model: an ``.onnx`` file (``engine: onnx``) or a ``.pt`` checkpoint (``engine: torch``).
+        out: the output folder (created; existing outputs of the same names are replaced).
+        progress: show a progress bar.
+
+    Returns:
+        The photos done and the ones that failed, with reasons.
+
+    Raises:
+        CirlError: when the model cannot be used or there is no input at all; a photo that
+            cannot be read is not an error here, it is listed in ``failed``.
+    """
+    from cirl.engine import load_engine
+
+    files = list_inputs(Path(inputs))
+    engine = load_engine(model, cfg.engine, cfg.threads, cfg.device)
+    if cfg.tile % engine.stride:
+        raise CirlError(
+            f"tile {cfg.tile} is not a multiple of the model's stride {engine.stride}; "
+            f"use --tile {max(cfg.tile // engine.stride, 1) * engine.stride}"
+        )
+    out = Path(out)
+    writable_dir(out)
+    result = PredictResult(out)
+    names = _names(files)
+    iterator = files
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(files, desc="predict", unit="photo")
+    for path in iterator:
+        try:
+            predict_one(path, names[path], engine, cfg, out)
+            result.done.append(str(path))
+        except CirlError as exc:
+            log.warning("skipped %s", exc)
+            result.failed.append({"image": str(path), "reason": str(exc)})
+    summary = {
+        "model": engine.description,
+        "engine": engine.name,
+        "params": to_dict(cfg),
+        "done": result.done,
+        "failed": result.failed,
+    }
+    _write_bytes(out / "predictions.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return result

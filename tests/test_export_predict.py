@@ -1,0 +1,234 @@
+"""Export and prediction: ONNX contract and parity, seamless sliding window, bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from cirl import export, predict
+from cirl.checkpoint import save_checkpoint
+from cirl.cli import main
+from cirl.engine import load_engine
+from cirl.errors import CirlError
+from cirl.models import build_model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small phase-I-like checkpoint (with std head) and its ONNX export."""
+    root = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    model = build_model("unet-small", base_width=4, std_head=True)
+    # Non-trivial BN statistics so eval mode differs from the initial identity.
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(2, 3, 64, 64))
+    payload = {
+        "model": model.state_dict(),
+        "model_config": dict(model.config),
+        "config": {"loss": "cirl", "phase": 1, "lr": 0.001},
+        "provenance": {"data": "prepared", "manifest_sha256": "ab" * 32},
+        "epoch": 4,
+    }
+    save_checkpoint(root / "model.pt", payload)
+    result = export.run(export.ExportConfig(), root / "model.pt", root / "model.onnx")
+    return root, result
+
+
+def test_export_contract_and_parity(exported):
+    root, result = exported
+    proto = onnx.load(str(root / "model.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    (image,) = proto.graph.input
+    (prob,) = proto.graph.output
+    dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    assert [d.dim_param or d.dim_value for d in prob.type.tensor_type.shape.dim][1] == 1
+    meta = {e.key: e.value for e in proto.metadata_props}
+    assert meta["opset"] == "18" and meta["stride"] == "16" and meta["std_head"] == "removed"
+    assert json.loads(meta["model_config"])["std_head"] is False
+    assert json.loads(meta["train_config"])["lr"] == 0.001
+    assert json.loads(meta["provenance"])["manifest_sha256"] == "ab" * 32
+    assert not any("std_head" in init.name for init in proto.graph.initializer)
+    assert result.parity_max_abs_diff <= 1e-4
+    report = json.loads((root / "model.onnx.json").read_text())
+    assert report["parity"]["input"][2:] != [256, 256]  # checked at a size other than export
+
+
+def test_onnx_matches_torch_on_other_sizes_and_batches(exported):
+    root, _ = exported
+    onnx_engine = load_engine(root / "model.onnx", "onnx")
+    torch_engine = load_engine(root / "model.pt", "torch")
+    x = np.random.default_rng(0).random((3, 3, 96, 160), dtype=np.float32)
+    a, b = onnx_engine(x), torch_engine(x)
+    assert a.shape == (3, 1, 96, 160)
+    assert np.abs(a - b).max() < 1e-4
+
+
+def test_export_refuses_a_bad_target(exported, tmp_path):
+    root, _ = exported
+    with pytest.raises(CirlError, match=r"must end in \.onnx"):
+        export.run(export.ExportConfig(), root / "model.pt", tmp_path / "model.bin")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(CirlError, match="not a readable cirl checkpoint"):
+        export.run(export.ExportConfig(), tmp_path / "junk.pt", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+class ChannelEngine:
+    """A fake engine whose 'probability' is the image's red channel: blending must return it."""
+
+    name = "fake"
+    stride = 16
+    description: ClassVar[dict] = {}
+
+    def __call__(self, batch):
+        return batch[:, :1].copy()
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "tile", "overlap", "batch"),
+    [(700, 530, 256, 64, 3), (256, 256, 256, 0, 1), (40, 30, 64, 16, 2), (300, 1000, 128, 32, 5)],
+)
+def test_sliding_window_is_seamless_and_in_place(h, w, tile, overlap, batch):
+    rng = np.random.default_rng(h)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    cfg = predict.PredictConfig(tile=tile, overlap=overlap, batch=batch)
+    prob8, mask, stats = predict.sliding_window(image, ChannelEngine(), cfg)
+    assert prob8.shape == mask.shape == (h, w)
+    # weighted blending of identical values gives the value back: no seams, no shifts
+    assert np.abs(prob8.astype(int) - image[:, :, 0].astype(int)).max() <= 1
+    assert np.array_equal(mask, image[:, :, 0] / 255.0 >= 0.5)
+    rows, cols = stats["grid"]
+    assert rows * cols == stats["tiles"]
+
+
+def test_window_geometry():
+    assert predict.window_starts(1000, 512, 64) == [0, 448, 488]
+    assert predict.window_starts(512, 512, 64) == [0]
+    ramp = predict.blend_window(512, 64)
+    assert ramp[0] > 0 and ramp[256] == 1.0 and ramp[0] == ramp[-1]
+    with pytest.raises(ValueError, match="overlap"):
+        predict.PredictConfig(tile=128, overlap=64)
+
+
+def _write_inputs(folder):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    photo = rng.integers(90, 160, (300, 420, 3), dtype=np.uint8)
+    cv2.line(photo, (10, 150), (410, 160), (30, 30, 30), 5)
+    cv2.imwrite(str(folder / "colour.jpg"), photo)
+    cv2.imwrite(str(folder / "gray.png"), cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(folder / "deep.png"), photo.astype(np.uint16) * 257)
+    cv2.imwrite(str(folder / "alpha.png"), cv2.cvtColor(photo, cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(str(folder / "small.png"), photo[:50, :70])
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+
+def test_predict_folder_with_bad_and_odd_images(exported, tmp_path, capsys):
+    root, _ = exported
+    _write_inputs(tmp_path / "in")
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "in"),
+            "--model",
+            str(root / "model.onnx"),
+            "--out",
+            str(tmp_path / "out"),
+            "--tile",
+            "128",
+            "--overlap",
+            "32",
+            "--mm-per-pixel",
+            "0.5",
+            "-q",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 1 and "1 of 6 photo(s) failed" in captured.err
+    summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert len(summary["done"]) == 5
+    assert summary["failed"][0]["image"].endswith("broken.jpg")
+    assert "broken.jpg" in summary["failed"][0]["reason"]
+    for name, size in [("colour", (300, 420)), ("gray", (300, 420)), ("small", (50, 70))]:
+        mask = cv2.imread(str(tmp_path / "out" / f"{name}_mask.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
+        prob = cv2.imread(str(tmp_path / "out" / f"{name}_prob.png"), cv2.IMREAD_UNCHANGED)
+        assert prob.shape == size and prob.dtype == np.uint8
+        overlay = cv2.imread(str(tmp_path / "out" / f"{name}_overlay.jpg"))
+        assert overlay.shape == (*size, 3)
+        report = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+        assert (report["height"], report["width"]) == size
+        assert report["mm_per_pixel"] == 0.5 and report["engine"] == "onnx"
+        header = (tmp_path / "out" / f"{name}_cracks.csv").read_text().splitlines()[0]
+        assert "length_mm" in header
+    notes = {
+        n: json.loads((tmp_path / "out" / f"{n}.json").read_text())["conversions"]
+        for n in ("gray", "deep", "alpha")
+    }
+    assert notes["gray"] == ["grayscale expanded to 3 channels"]
+    assert notes["deep"] == ["uint16 scaled to 8-bit"]
+    assert notes["alpha"] == ["alpha channel dropped"]
+    # the same photo in 8 and 16 bit gives the same crack map
+    a = cv2.imread(str(tmp_path / "out" / "colour_mask.png"), 0)
+    b = cv2.imread(str(tmp_path / "out" / "deep_mask.png"), 0)
+    c = cv2.imread(str(tmp_path / "out" / "alpha_mask.png"), 0)
+    assert np.array_equal(b, c)
+    assert np.mean(a != b) < 0.05  # JPEG vs lossless input differ slightly
+
+
+def test_predict_engines_agree(exported, tmp_path):
+    root, _ = exported
+    _write_inputs(tmp_path / "in")
+    (tmp_path / "in" / "broken.jpg").unlink()
+    cfg = predict.PredictConfig(tile=128, overlap=32)
+    predict.run(cfg, tmp_path / "in" / "colour.jpg", root / "model.onnx", tmp_path / "o", False)
+    torch_cfg = predict.PredictConfig(tile=128, overlap=32, engine="torch")
+    predict.run(torch_cfg, tmp_path / "in" / "colour.jpg", root / "model.pt", tmp_path / "t", False)
+    a = cv2.imread(str(tmp_path / "o" / "colour_prob.png"), 0).astype(int)
+    b = cv2.imread(str(tmp_path / "t" / "colour_prob.png"), 0).astype(int)
+    assert np.abs(a - b).max() <= 1
+
+
+def test_predict_rejects_models_that_do_not_fit(exported, tmp_path):
+    root, _ = exported
+    _write_inputs(tmp_path / "in")
+    cfg = predict.PredictConfig()
+    with pytest.raises(CirlError, match="PyTorch checkpoint; export it"):
+        predict.run(cfg, tmp_path / "in", root / "model.pt", tmp_path / "o", False)
+    (tmp_path / "text.onnx").write_text("hello")
+    with pytest.raises(CirlError, match="not a loadable ONNX model"):
+        predict.run(cfg, tmp_path / "in", tmp_path / "text.onnx", tmp_path / "o", False)
+    # a valid ONNX graph that is not a crack model: (N, 3, H, W) -> (N, 3, H, W)
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, "h", "w"])
+    output = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 3, "h", "w"])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["out"])], "g", [value], [output]
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
+        str(tmp_path / "id.onnx"),
+    )
+    with pytest.raises(CirlError, match=r"does not match|not probabilities"):
+        predict.run(cfg, tmp_path / "in", tmp_path / "id.onnx", tmp_path / "o", False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CirlError, match="no image files"):
+        predict.run(cfg, tmp_path / "empty", root / "model.onnx", tmp_path / "o", False)
+    with pytest.raises(CirlError, match="not a multiple of the model's stride"):
+        predict.run(
+            predict.PredictConfig(tile=100, overlap=10),
+            tmp_path / "in" / "colour.jpg",
+            root / "model.onnx",
+            tmp_path / "o",
+            False,
+        )
