@@ -1,0 +1,210 @@
+"""Inference speed: onnxruntime vs PyTorch eager, per tile and on a whole 36-megapixel photo.
+
+Protocol:
+
+* per-tile latency: every model of the registry (random weights: speed does not depend on
+  them), exported with ``cirl export``; 512x512 tiles at batch 1 and 8; the two engines are
+  timed in one process, interleaved round-robin after a warm-up, median of ``--repeats``;
+  reported as ms per tile, the ratio PyTorch / onnxruntime, and achieved GFLOP/s (forward FLOPs
+  counted by ``torch.utils.flop_counter``) against this machine's fp32 matmul ceiling;
+* whole photo: a synthetic 7360x4912 JPEG (``cirl.synth``), ``cirl predict`` with each engine
+  (tile 512, overlap 64, batch 4) in a fresh subprocess, so its peak resident memory (VmHWM) is
+  its own; reported as seconds, megapixels/s and peak memory.
+
+    python benchmarks/inference_bench.py [--models unet-small,jtfn-small] [--json bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CEILING_GFLOPS = 159.0
+
+PREDICT_CHILD = r"""
+import json, sys, time
+from cirl import predict
+engine, model, image, out = sys.argv[1:5]
+t0 = time.perf_counter()
+cfg = predict.PredictConfig(engine=engine, tile=512, overlap=64, batch=4)
+result = predict.run(cfg, image, model, out, progress=False)
+seconds = time.perf_counter() - t0
+peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+report = json.load(open(f"{out}/{__import__('pathlib').Path(image).stem}.json"))
+print(json.dumps({"seconds": seconds, "peak_bytes": peak, "failed": result.failed,
+                  "tiles": report["tiles"]["tiles"], "infer_seconds": report["seconds"]["infer"],
+                  "predict_seconds": report["seconds"]["predict"]}))
+"""
+
+
+def _checkpoint(name: str, folder: Path) -> Path:
+    import torch
+
+    from cirl.checkpoint import save_checkpoint
+    from cirl.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, std_head=False).eval()
+    path = folder / f"{name}.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": dict(model.config)})
+    return path
+
+
+def _forward_gflop(name: str, size: int) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cirl.models import build_model
+
+    model = build_model(name, std_head=False).eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def tile_latency(name: str, folder: Path, repeats: int, batches: list[int]) -> dict:
+    """Median ms per tile of each engine at each batch, interleaved."""
+    from cirl import export
+    from cirl.engine import load_engine
+
+    ckpt = _checkpoint(name, folder)
+    onnx_path = folder / f"{name}.onnx"
+    t0 = time.perf_counter()
+    result = export.run(export.ExportConfig(), ckpt, onnx_path)
+    export_seconds = time.perf_counter() - t0
+    engines = {"onnxruntime": load_engine(onnx_path, "onnx"), "torch": load_engine(ckpt, "torch")}
+    gflop = _forward_gflop(name, 512)
+    rows = {}
+    rng = np.random.default_rng(0)
+    for batch in batches:
+        x = rng.random((batch, 3, 512, 512), dtype=np.float32)
+        for engine in engines.values():  # warm-up
+            engine(x)
+        times: dict[str, list[float]] = {k: [] for k in engines}
+        for _ in range(repeats):
+            for key, engine in engines.items():
+                t = time.perf_counter()
+                engine(x)
+                times[key].append(time.perf_counter() - t)
+        ms = {k: 1000 * statistics.median(v) / batch for k, v in times.items()}
+        rows[f"batch{batch}"] = {
+            "ms_per_tile": ms,
+            "torch_over_onnxruntime": ms["torch"] / ms["onnxruntime"],
+            "gflops_achieved": {k: gflop / (v / 1000) for k, v in ms.items()},
+        }
+    return {
+        "forward_gflop_per_tile": gflop,
+        "export_seconds": export_seconds,
+        "parity_max_abs_diff": result.parity_max_abs_diff,
+        "latency": rows,
+    }
+
+
+def whole_photo(name: str, folder: Path) -> dict:
+    """``cirl predict`` on a 7360x4912 photo with each engine, each in a fresh process."""
+    import cv2
+
+    from cirl.synth import SynthConfig, render_sample
+
+    image_path = folder / "photo_7360x4912.jpg"
+    if not image_path.exists():
+        image, _, _ = render_sample(SynthConfig(width=7360, height=4912), 0)
+        cv2.imwrite(str(image_path), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    out = {}
+    for engine, model in (("onnx", folder / f"{name}.onnx"), ("torch", folder / f"{name}.pt")):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                PREDICT_CHILD,
+                engine,
+                str(model),
+                str(image_path),
+                str(folder / f"pred_{engine}"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            out[engine] = {"error": proc.stderr.strip().splitlines()[-1]}
+            continue
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row["megapixels_per_second"] = 7360 * 4912 / 1e6 / row["predict_seconds"]
+        out[engine] = row
+    if "seconds" in out.get("onnx", {}) and "seconds" in out.get("torch", {}):
+        out["torch_over_onnxruntime"] = (
+            out["torch"]["predict_seconds"] / out["onnx"]["predict_seconds"]
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="unet-small,jtfn-small,unet,jtfn")
+    parser.add_argument("--whole", default="unet-small", help="models for the 36 MP photo")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--json", default="inference_bench.json")
+    args = parser.parse_args(argv)
+    import torch
+
+    result = {
+        "protocol": (
+            f"random weights; 512x512 tiles; median of {args.repeats} interleaved runs after a "
+            "warm-up; whole photo: synthetic 7360x4912 JPEG, cirl predict tile 512 overlap 64 "
+            "batch 4, fresh process per engine, peak RSS (VmHWM)"
+        ),
+        "threads": torch.get_num_threads(),
+        "ceiling_gflops": CEILING_GFLOPS,
+        "models": {},
+        "whole_photo": {},
+    }
+    batches = [int(b) for b in args.batches.split(",")]
+    with tempfile.TemporaryDirectory(prefix="cirl-inference-") as tmp:
+        folder = Path(tmp)
+        print(
+            f"{'model':11} {'batch':>5} {'ORT ms/tile':>12} {'torch ms/tile':>14} {'torch/ORT':>9} "
+            f"{'ORT GFLOP/s':>11} {'torch GFLOP/s':>13}"
+        )
+        for name in args.models.split(","):
+            info = tile_latency(name, folder, args.repeats, batches)
+            result["models"][name] = info
+            for key, row in info["latency"].items():
+                ms, g = row["ms_per_tile"], row["gflops_achieved"]
+                print(
+                    f"{name:11} {key[5:]:>5} {ms['onnxruntime']:12.1f} {ms['torch']:14.1f} "
+                    f"{row['torch_over_onnxruntime']:9.2f} {g['onnxruntime']:11.1f} "
+                    f"{g['torch']:13.1f}",
+                    flush=True,
+                )
+        for name in args.whole.split(","):
+            if name not in result["models"]:
+                tile_latency(name, folder, 1, [1])
+            photo = whole_photo(name, folder)
+            result["whole_photo"][name] = photo
+            for engine in ("onnx", "torch"):
+                row = photo.get(engine, {})
+                if "seconds" in row:
+                    print(
+                        f"{name} 7360x4912 {engine:5}: {row['predict_seconds']:.1f} s "
+                        f"({row['megapixels_per_second']:.2f} MP/s, {row['tiles']} tiles), "
+                        f"peak {row['peak_bytes'] / 2**20:.0f} MiB"
+                    )
+                else:
+                    print(f"{name} 7360x4912 {engine}: {row}")
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"fp32 matmul ceiling about {CEILING_GFLOPS:.0f} GFLOP/s; wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
