@@ -185,6 +185,23 @@ def test_predict_folder_with_bad_and_odd_images(exported, tmp_path, capsys):
     assert np.mean(a != b) < 0.05  # JPEG vs lossless input differ slightly
 
 
+def test_predict_reports_regions_too_wide_to_be_cracks(exported, tmp_path, caplog):
+    """A model that marks the whole photo gets a report and a warning, not hours of thinning."""
+    root, _ = exported
+    _write_inputs(tmp_path / "in")
+    # A threshold just above 0 marks every pixel: one photo-sized region.
+    cfg = predict.PredictConfig(tile=128, overlap=32, threshold=1e-9, max_crack_width=50)
+    result = predict.run(cfg, tmp_path / "in" / "colour.jpg", root / "model.onnx", tmp_path / "o")
+    assert result.done and not result.failed
+    report = json.loads((tmp_path / "o" / "colour.json").read_text())
+    assert report["crack_fraction"] == 1.0 and report["cracks"]["count"] == 0
+    regions = report["regions_not_measured"]
+    assert regions["count"] == 1 and regions["pixels"] == 300 * 420
+    assert regions["largest"][0]["bbox"] == [0, 0, 420, 300]
+    assert "not cracks" in caplog.text and "colour.jpg" in caplog.text
+    assert (tmp_path / "o" / "colour_cracks.csv").read_text().count("\n") == 1  # header only
+
+
 def test_predict_engines_agree(exported, tmp_path):
     root, _ = exported
     _write_inputs(tmp_path / "in")

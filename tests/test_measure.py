@@ -256,6 +256,36 @@ def test_min_pixels_filters_noise():
     assert sorted(c.pixels for c in measure_cracks(mask, min_pixels=0)) == [1, 18, 20, 100]
 
 
+def test_regions_wider_than_the_bound_are_reported_not_measured():
+    mask = np.zeros((400, 600), bool)
+    mask[20, 20:220] = True  # a 1-px crack, 200 px long
+    mask[100:380, 300:580] = True  # a 280 x 280 stain
+    assert sorted(c.pixels for c in measure_cracks(mask)) == [200, 280 * 280]
+    regions: list[dict] = []
+    cracks = measure_cracks(mask, max_width_px=100, too_wide=regions)
+    assert [c.pixels for c in cracks] == [200] and cracks[0].length_px == pytest.approx(200, abs=1)
+    assert len(regions) == 1 and regions[0]["pixels"] == 280 * 280
+    assert regions[0]["bbox"] == (300, 100, 580, 380) and regions[0]["max_width_px"] > 100
+    # a crack exactly at the bound is still measured
+    band_mask = np.zeros((60, 300), bool)
+    band_mask[20:35, 20:280] = True  # 15 px wide
+    assert len(measure_cracks(band_mask, max_width_px=15)) == 1
+    assert measure_cracks(band_mask, max_width_px=14) == []
+
+
+def test_a_photo_sized_region_is_never_thinned(monkeypatch):
+    """The guard exists for this: thinning a 2048 x 1536 all-crack mask took 38 s."""
+    import cirl.measure
+
+    def no_thinning(*args, **kwargs):
+        raise AssertionError("a too-wide region reached the skeleton")
+
+    monkeypatch.setattr(cirl.measure, "_skeleton", no_thinning)
+    regions: list[dict] = []
+    assert measure_cracks(np.ones((1536, 2048), bool), max_width_px=200, too_wide=regions) == []
+    assert len(regions) == 1 and regions[0]["pixels"] == 1536 * 2048
+
+
 def test_ids_follow_length_then_top_left_pixel():
     mask = np.zeros((100, 300), bool)
     mask[10, 10:60] = True  # 50
@@ -424,3 +454,5 @@ def test_bad_connectivity_and_min_pixels():
         measure_cracks(mask, connectivity=6)
     with pytest.raises(ValueError, match="min_pixels"):
         measure_cracks(mask, min_pixels=-1)
+    with pytest.raises(ValueError, match="max_width_px"):
+        measure_cracks(mask, max_width_px=0)

@@ -232,6 +232,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             "device": args.device,
             "mm_per_pixel": args.mm_per_pixel,
             "min_crack_pixels": args.min_crack_pixels,
+            "max_crack_width": args.max_crack_width,
         },
     )
     result = predict.run(cfg, args.input, args.model, args.out, progress=not args.quiet)
@@ -456,6 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
     p.add_argument("--mm-per-pixel", type=float, help="adds millimetre measurements")
     p.add_argument("--min-crack-pixels", type=int, help="smallest crack measured (default 20)")
+    p.add_argument(
+        "--max-crack-width",
+        type=float,
+        help="wider regions (px) are reported, not measured as cracks (default 200)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_params(p)
     p.set_defaults(handler=_cmd_predict)

@@ -551,13 +551,25 @@ def _wrap_angle(angle: float) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
-def measure_cracks(mask: np.ndarray, min_pixels: int = 20, connectivity: int = 8) -> list[Crack]:
+def measure_cracks(
+    mask: np.ndarray,
+    min_pixels: int = 20,
+    connectivity: int = 8,
+    max_width_px: float | None = None,
+    too_wide: list[dict] | None = None,
+) -> list[Crack]:
     """Measure every crack (connected component) of a binary mask.
 
     Args:
         mask: ``(H, W)`` bool or 0/255 (any numeric dtype: non-zero = crack) array.
         min_pixels: Components with fewer pixels are noise and ignored.
         connectivity: 8 (default) or 4, for the connected components.
+        max_width_px: Components wider than this (``2 * max(d) - 1``) are regions, not cracks
+            (a stain, a shadow, or a model that does not fit the photos marks whole areas):
+            they are not measured. Thinning costs about the area times the half-width, so
+            without this bound one photo-sized region takes hours. None measures everything.
+        too_wide: When given, each skipped region is appended to it as a dict with
+            ``pixels``, ``max_width_px``, ``bbox`` and ``centroid``.
 
     Returns:
         The cracks, ``id`` 1..n by decreasing length (ties: top-left pixel in raster order).
@@ -576,6 +588,8 @@ def measure_cracks(mask: np.ndarray, min_pixels: int = 20, connectivity: int = 8
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
     if min_pixels < 0:
         raise ValueError(f"min_pixels must be >= 0, got {min_pixels!r}")
+    if max_width_px is not None and not max_width_px > 0:
+        raise ValueError(f"max_width_px must be > 0 or None, got {max_width_px!r}")
     if mask.size == 0:
         return []
     binary = np.ascontiguousarray(mask != 0, dtype=np.uint8)
@@ -590,6 +604,18 @@ def measure_cracks(mask: np.ndarray, min_pixels: int = 20, connectivity: int = 8
         component = np.zeros((h + 2, w + 2), dtype=np.uint8)
         component[1:-1, 1:-1] = labels[y0 : y0 + h, x0 : x0 + w] == label
         dist = cv2.distanceTransform(component, cv2.DIST_L2, 5)
+        width = float(2.0 * dist.max() - 1.0)
+        if max_width_px is not None and width > max_width_px:
+            if too_wide is not None:
+                too_wide.append(
+                    {
+                        "pixels": area,
+                        "max_width_px": width,
+                        "bbox": (x0, y0, x0 + w, y0 + h),
+                        "centroid": (float(centroids[label][0]), float(centroids[label][1])),
+                    }
+                )
+            continue
         # Pinholes (holes narrower than the crack) would split the skeleton into loops.
         hole_area = max(4.0, float(2.0 * dist.max() - 1.0) ** 2)
         solid = _fill_holes(component, connectivity, hole_area)

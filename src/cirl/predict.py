@@ -59,6 +59,8 @@ class PredictConfig:
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         mm_per_pixel: ground sampling distance; > 0 adds millimetre columns, 0 = unknown.
         min_crack_pixels: connected cracks smaller than this are not measured (noise).
+        max_crack_width: connected regions wider than this (pixels) are not cracks (stains,
+            shadows, or a model that does not fit the photos): reported, not measured.
         overlay_alpha: opacity of the red crack colour in the overlay.
     """
 
@@ -71,6 +73,7 @@ class PredictConfig:
     device: str = "auto"
     mm_per_pixel: float = 0.0
     min_crack_pixels: int = 20
+    max_crack_width: float = 200.0
     overlay_alpha: float = 0.6
 
     def __post_init__(self) -> None:
@@ -95,6 +98,8 @@ class PredictConfig:
             raise ValueError(f"key 'mm_per_pixel' must be a number >= 0, got {self.mm_per_pixel}")
         if self.min_crack_pixels < 1:
             raise ValueError(f"key 'min_crack_pixels' must be >= 1, got {self.min_crack_pixels}")
+        if not self.max_crack_width > 0:
+            raise ValueError(f"key 'max_crack_width' must be > 0, got {self.max_crack_width}")
         if not 0 <= self.overlay_alpha <= 1:
             raise ValueError(f"key 'overlay_alpha' must be in [0, 1], got {self.overlay_alpha}")
 
@@ -277,8 +282,24 @@ def predict_one(path: Path, name: str, engine, cfg: PredictConfig, out: Path) ->
     prob8, mask, stats = sliding_window(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB), engine, cfg)
     t_predict = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cracks = measure_cracks(mask, min_pixels=cfg.min_crack_pixels)
+    too_wide: list[dict] = []
+    cracks = measure_cracks(
+        mask,
+        min_pixels=cfg.min_crack_pixels,
+        max_width_px=cfg.max_crack_width,
+        too_wide=too_wide,
+    )
     t_measure = time.perf_counter() - t0
+    if too_wide:
+        log.warning(
+            "%s: %d region(s) wider than %g px (%.1f%% of the photo) are not cracks and were "
+            "not measured; if the model marks large areas, check that it was trained on photos "
+            "like these (raise --max-crack-width for very close-up photos)",
+            path,
+            len(too_wide),
+            cfg.max_crack_width,
+            100.0 * sum(r["pixels"] for r in too_wide) / mask.size,
+        )
     mm = cfg.mm_per_pixel or None
     t0 = time.perf_counter()
     _write_bytes(out / f"{name}_mask.png", _encode(".png", mask.view(np.uint8) * np.uint8(255)))
@@ -304,6 +325,12 @@ def predict_one(path: Path, name: str, engine, cfg: PredictConfig, out: Path) ->
         "crack_pixels": int(mask.sum()),
         "crack_fraction": float(mask.mean()),
         "cracks": summarize(cracks, mm),
+        "regions_not_measured": {
+            "why": f"wider than max_crack_width ({cfg.max_crack_width:g} px)",
+            "count": len(too_wide),
+            "pixels": int(sum(r["pixels"] for r in too_wide)),
+            "largest": sorted(too_wide, key=lambda r: -r["pixels"])[:20],
+        },
         "mm_per_pixel": mm,
         "seconds": {
             "read": t_read,
