@@ -24,7 +24,8 @@ $(VENV)/.installed: pyproject.toml
 
 RUNS ?= runs/synth
 
-# prepare -> train phase I -> select -> train phase II -> evaluate, on the synthetic default
+# prepare -> train phase I -> select -> train phase II -> evaluate -> export -> predict,
+# on the synthetic default; predict runs on two unseen synthetic photos (another seed)
 run: install
 	$(BIN)/cirl synth --params $(PARAMS) --out $(DATA)/raw/synth
 	$(BIN)/cirl prepare --params $(PARAMS) --source $(DATA)/raw/synth --format folder \
@@ -37,6 +38,11 @@ run: install
 		--init $(RUNS)/phase1/last.pt --ambiguity $(RUNS)/select --out $(RUNS)/phase2 -q
 	$(BIN)/cirl evaluate --params $(PARAMS) --data $(DATA)/prepared/synth \
 		--checkpoint $(RUNS)/phase2/best.pt --out $(RUNS)/eval -q
+	$(BIN)/cirl export --params $(PARAMS) --checkpoint $(RUNS)/phase2/best.pt \
+		--out $(RUNS)/model.onnx
+	$(BIN)/cirl synth --out $(DATA)/raw/field --n 2 --seed 1000
+	$(BIN)/cirl predict --params $(PARAMS) $(DATA)/raw/field/images \
+		--model $(RUNS)/model.onnx --out $(RUNS)/predict -q
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
@@ -50,4 +56,4 @@ format: install
 	$(BIN)/ruff check --fix src tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(DATA)/raw/synth $(DATA)/prepared/synth $(RUNS)
+	rm -rf $(VENV) $(DATA)/raw/synth $(DATA)/raw/field $(DATA)/prepared/synth $(RUNS)

@@ -68,3 +68,28 @@ def test_repository_params_file_loads():
     repo = Path(__file__).resolve().parents[1]
     cfg = resolve(PrepareConfig, "prepare", repo / "params.yaml")
     assert cfg.tile == 512 and cfg.split == (0.9, 0.05, 0.05)
+
+
+def test_every_group_of_the_repository_params_file_matches_its_stage():
+    """make run passes params.yaml to every stage: a stale key would stop it half-way."""
+    import yaml
+
+    from cirl import evaluate, export, predict, selection, synth, train
+
+    stages = {
+        "synth": synth.SynthConfig,
+        "prepare": PrepareConfig,
+        "train": train.TrainConfig,
+        "select": selection.SelectConfig,
+        "evaluate": evaluate.EvaluateConfig,
+        "export": export.ExportConfig,
+        "predict": predict.PredictConfig,
+    }
+    path = Path(__file__).resolve().parents[1] / "params.yaml"
+    groups = yaml.safe_load(path.read_text())
+    assert set(groups) == set(stages)
+    for group, cls in stages.items():
+        cfg = resolve(cls, group, path)
+        for key, value in groups[group].items():
+            got = getattr(cfg, key)
+            assert (list(got) if isinstance(got, tuple) else got) == value, (group, key)
