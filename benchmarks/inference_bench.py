@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,7 +42,10 @@ peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.sta
 report = json.load(open(f"{out}/{__import__('pathlib').Path(image).stem}.json"))
 print(json.dumps({"seconds": seconds, "peak_bytes": peak, "failed": result.failed,
                   "tiles": report["tiles"]["tiles"], "infer_seconds": report["seconds"]["infer"],
-                  "predict_seconds": report["seconds"]["predict"]}))
+                  "predict_seconds": report["seconds"]["predict"],
+                  "measure_seconds": report["seconds"]["measure"],
+                  "crack_fraction": report["crack_fraction"], "cracks": report["cracks"]["count"],
+                  "regions_not_measured": report["regions_not_measured"]["count"]}))
 """
 
 
@@ -108,13 +112,27 @@ def tile_latency(name: str, folder: Path, repeats: int, batches: list[int]) -> d
     }
 
 
-def whole_photo(name: str, folder: Path) -> dict:
-    """``cirl predict`` on a 7360x4912 photo with each engine, each in a fresh process."""
+def whole_photo(name: str, folder: Path, checkpoint: Path | None = None) -> dict:
+    """``cirl predict`` on a 7360x4912 photo with each engine, each in a fresh process.
+
+    With ``checkpoint`` (a trained model of architecture ``name``) the photo is predicted by
+    it, so that the measurement step sees a realistic crack map; random weights mark large
+    areas, which ``cirl predict`` reports as regions instead of measuring.
+    """
     import cv2
 
+    from cirl import export
     from cirl.synth import SynthConfig, render_sample
 
-    image_path = folder / "photo_7360x4912.jpg"
+    photo_dir = folder
+    if checkpoint is not None:
+        trained = folder / "trained"
+        trained.mkdir(exist_ok=True)
+        shutil.copy2(checkpoint, trained / f"{name}.pt")
+        export.run(export.ExportConfig(), trained / f"{name}.pt", trained / f"{name}.onnx")
+        folder = trained
+
+    image_path = photo_dir / "photo_7360x4912.jpg"
     if not image_path.exists():
         image, _, _ = render_sample(SynthConfig(width=7360, height=4912), 0)
         cv2.imwrite(str(image_path), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -151,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="unet-small,jtfn-small,unet,jtfn")
     parser.add_argument("--whole", default="unet-small", help="models for the 36 MP photo")
+    parser.add_argument(
+        "--whole-checkpoint",
+        help="a trained checkpoint of the --whole model to predict the photo with "
+        "(default: random weights)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--json", default="inference_bench.json")
@@ -159,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "protocol": (
-            f"random weights; 512x512 tiles; median of {args.repeats} interleaved runs after a "
+            f"tiles: random weights, 512x512, median of {args.repeats} interleaved runs after a "
             "warm-up; whole photo: synthetic 7360x4912 JPEG, cirl predict tile 512 overlap 64 "
-            "batch 4, fresh process per engine, peak RSS (VmHWM)"
+            "batch 4, fresh process per engine, peak RSS (VmHWM), weights "
+            f"{args.whole_checkpoint or 'random'}"
         ),
         "threads": torch.get_num_threads(),
         "ceiling_gflops": CEILING_GFLOPS,
@@ -178,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             info = tile_latency(name, folder, args.repeats, batches)
             result["models"][name] = info
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")  # partial results
             for key, row in info["latency"].items():
                 ms, g = row["ms_per_tile"], row["gflops_achieved"]
                 print(
@@ -186,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"{g['torch']:13.1f}",
                     flush=True,
                 )
-        for name in args.whole.split(","):
-            if name not in result["models"]:
-                tile_latency(name, folder, 1, [1])
-            photo = whole_photo(name, folder)
+        for name in filter(None, args.whole.split(",")):
+            ckpt = Path(args.whole_checkpoint) if args.whole_checkpoint else None
+            if name not in result["models"] and ckpt is None:
+                tile_latency(name, folder, 1, [1])  # writes the random-weight model files
+            photo = whole_photo(name, folder, ckpt)
+            photo["weights"] = str(ckpt) if ckpt else "random"
             result["whole_photo"][name] = photo
             for engine in ("onnx", "torch"):
                 row = photo.get(engine, {})
@@ -197,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"{name} 7360x4912 {engine:5}: {row['predict_seconds']:.1f} s "
                         f"({row['megapixels_per_second']:.2f} MP/s, {row['tiles']} tiles), "
-                        f"peak {row['peak_bytes'] / 2**20:.0f} MiB"
+                        f"measure {row['measure_seconds']:.1f} s ({row['cracks']} cracks), "
+                        f"total {row['seconds']:.1f} s, peak {row['peak_bytes'] / 2**20:.0f} MiB"
                     )
                 else:
                     print(f"{name} 7360x4912 {engine}: {row}")
