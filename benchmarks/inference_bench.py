@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'model':11} {'batch':>5} {'ORT ms/tile':>12} {'torch ms/tile':>14} {'torch/ORT':>9} "
             f"{'ORT GFLOP/s':>11} {'torch GFLOP/s':>13}"
         )
-        for name in args.models.split(","):
+        for name in filter(None, args.models.split(",")):
             info = tile_latency(name, folder, args.repeats, batches)
             result["models"][name] = info
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")  # partial results
