@@ -10,7 +10,8 @@ runs in its own fresh process (so peak memory is its own) over the same photos:
 * ``prepare-w2``: the same with two worker processes.
 
 Printed: seconds, megapixels/s of source pixels, the ratio to ``bare``, the peak resident
-memory of the arm's process (VmHWM) and of its largest worker process (0 without workers).
+memory of the arm's own process (VmHWM) and of its whole process tree with the workers
+(summed resident memory sampled every 100 ms).
 Results also go to a JSON file.
 
     python benchmarks/prepare_bench.py [--n 4] [--json bench_prepare.json]
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,27 +62,74 @@ def _bare(raw: Path, out: Path) -> None:
             cv2.imwrite(str(out / f"{name}_m.png"), mask[box.y0 : box.y1, box.x0 : box.x1], params)
 
 
-def _arm(name: str, raw: Path, out: Path) -> dict:
-    start = time.perf_counter()
-    if name == "bare":
-        _bare(raw, out)
-    else:
-        from cirl.prepare import PrepareConfig, run
+def _tree_rss_kib(root: int) -> int:
+    """Resident memory of process ``root`` and all its descendants now, in KiB (from /proc)."""
+    parent, rss = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            status = (entry / "status").read_text().splitlines()
+        except OSError:  # the process ended meanwhile
+            continue
+        pid = int(entry.name)
+        parent[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+        rss[pid] = next((int(x.split()[1]) for x in status if x.startswith("VmRSS")), 0)
+    total = 0
+    for pid in rss:
+        p = pid
+        while p and p != root:
+            p = parent.get(p, 0)
+        if p == root:
+            total += rss[pid]
+    return total
 
-        workers = int(name.rsplit("w", 1)[1])
-        run(PrepareConfig(tile=TILE, workers=workers, split=(0.5, 0.25, 0.25)), raw, "folder", out)
-    seconds = time.perf_counter() - start
+
+class _TreePeak:
+    """Samples the summed resident memory of this process and its workers every 100 ms."""
+
+    def __init__(self) -> None:
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.wait(0.1):
+            self.peak_kib = max(self.peak_kib, _tree_rss_kib(me))
+
+    def __enter__(self) -> _TreePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _arm(name: str, raw: Path, out: Path) -> dict:
+    with _TreePeak() as sampler:
+        start = time.perf_counter()
+        if name == "bare":
+            _bare(raw, out)
+        else:
+            from cirl.prepare import PrepareConfig, run
+
+            workers = int(name.rsplit("w", 1)[1])
+            cfg = PrepareConfig(tile=TILE, workers=workers, split=(0.5, 0.25, 0.25))
+            run(cfg, raw, "folder", out)
+        seconds = time.perf_counter() - start
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so this process would
-    # report the parent's peak (the parent renders the 36 MP photos). Worker processes are
-    # forked from this one after it started small; ru_maxrss of children is their largest.
+    # report the parent's peak (the parent renders the 36 MP photos). The workers (forkserver
+    # grandchildren, never waited for here) are covered by the sampled process-tree sum.
     status = Path("/proc/self/status").read_text().splitlines()
     own_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-    worker_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {
         "arm": name,
         "seconds": seconds,
         "peak_rss_mib": own_kib / 1024,
-        "largest_worker_peak_rss_mib": worker_kib / 1024,
+        "peak_tree_rss_mib": sampler.peak_kib / 1024,
     }
 
 
@@ -123,13 +172,12 @@ def main() -> None:
     for row in rows:
         row["time_vs_bare"] = row["seconds"] / bare
     print(f"{args.n} photos of {W}x{H} ({megapixels:.0f} MP), tile {TILE}, PNG level 1")
-    print(f"{'arm':<12}{'seconds':>10}{'MP/s':>10}{'x bare':>10}{'peak MiB':>10}{'worker MiB':>11}")
+    print(f"{'arm':<12}{'seconds':>10}{'MP/s':>10}{'x bare':>10}{'peak MiB':>10}{'tree MiB':>10}")
     for r in rows:
-        worker = r["largest_worker_peak_rss_mib"]
         print(
             f"{r['arm']:<12}{r['seconds']:>10.2f}{r['megapixels_per_s']:>10.1f}"
             f"{r['time_vs_bare']:>10.2f}{r['peak_rss_mib']:>10.0f}"
-            f"{worker:>11.0f}"
+            f"{r['peak_tree_rss_mib']:>10.0f}"
         )
     Path(args.json).write_text(
         json.dumps({"photos": args.n, "size": [W, H], "rows": rows}, indent=2)
