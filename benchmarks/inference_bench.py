@@ -49,6 +49,38 @@ print(json.dumps({"seconds": seconds, "peak_bytes": peak, "failed": result.faile
 """
 
 
+TILE_CHILD = r"""
+import json, statistics, sys, time
+import numpy as np
+from cirl.engine import load_engine
+engine_name, model, batch, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+engine = load_engine(model, engine_name)
+x = np.random.default_rng(0).random((batch, 3, 512, 512), dtype=np.float32)
+engine(x)
+times = []
+for _ in range(repeats):
+    t = time.perf_counter()
+    engine(x)
+    times.append(time.perf_counter() - t)
+peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"seconds": statistics.median(times), "peak_bytes": peak}))
+"""
+
+
+def _isolated(engine: str, model: Path, batch: int, repeats: int) -> dict:
+    """Median seconds per call and peak memory of one engine alone in a fresh process."""
+    proc = subprocess.run(
+        [sys.executable, "-c", TILE_CHILD, engine, str(model), str(batch), str(repeats)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise RuntimeError(f"{engine} batch {batch} on {model.name} failed: {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _checkpoint(name: str, folder: Path) -> Path:
     import torch
 
@@ -74,8 +106,15 @@ def _forward_gflop(name: str, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def tile_latency(name: str, folder: Path, repeats: int, batches: list[int]) -> dict:
-    """Median ms per tile of each engine at each batch, interleaved."""
+def tile_latency(
+    name: str, folder: Path, repeats: int, batches: list[int], isolate: bool = False
+) -> dict:
+    """Median ms per tile of each engine at each batch, interleaved in this process.
+
+    With ``isolate`` each engine and batch runs alone in a fresh process instead (not
+    interleaved), for models too large to hold both engines' memory at once; the peak
+    resident memory of each is reported too.
+    """
     from cirl import export
     from cirl.engine import load_engine
 
@@ -84,9 +123,29 @@ def tile_latency(name: str, folder: Path, repeats: int, batches: list[int]) -> d
     t0 = time.perf_counter()
     result = export.run(export.ExportConfig(), ckpt, onnx_path)
     export_seconds = time.perf_counter() - t0
-    engines = {"onnxruntime": load_engine(onnx_path, "onnx"), "torch": load_engine(ckpt, "torch")}
     gflop = _forward_gflop(name, 512)
     rows = {}
+    if isolate:
+        for batch in batches:
+            runs = {
+                "onnxruntime": _isolated("onnx", onnx_path, batch, repeats),
+                "torch": _isolated("torch", ckpt, batch, repeats),
+            }
+            ms = {k: 1000 * v["seconds"] / batch for k, v in runs.items()}
+            rows[f"batch{batch}"] = {
+                "ms_per_tile": ms,
+                "torch_over_onnxruntime": ms["torch"] / ms["onnxruntime"],
+                "gflops_achieved": {k: gflop / (v / 1000) for k, v in ms.items()},
+                "peak_bytes": {k: v["peak_bytes"] for k, v in runs.items()},
+                "isolated": True,
+            }
+        return {
+            "forward_gflop_per_tile": gflop,
+            "export_seconds": export_seconds,
+            "parity_max_abs_diff": result.parity_max_abs_diff,
+            "latency": rows,
+        }
+    engines = {"onnxruntime": load_engine(onnx_path, "onnx"), "torch": load_engine(ckpt, "torch")}
     rng = np.random.default_rng(0)
     for batch in batches:
         x = rng.random((batch, 3, 512, 512), dtype=np.float32)
@@ -176,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", default="1,8")
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="time each engine and batch alone in a fresh process, with its peak memory "
+        "(for models whose two engines do not fit in memory together, e.g. jtfn at batch 8)",
+    )
     parser.add_argument("--json", default="inference_bench.json")
     args = parser.parse_args(argv)
     import torch
@@ -200,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'ORT GFLOP/s':>11} {'torch GFLOP/s':>13}"
         )
         for name in filter(None, args.models.split(",")):
-            info = tile_latency(name, folder, args.repeats, batches)
+            info = tile_latency(name, folder, args.repeats, batches, args.isolate)
             result["models"][name] = info
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")  # partial results
             for key, row in info["latency"].items():
@@ -208,7 +273,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{name:11} {key[5:]:>5} {ms['onnxruntime']:12.1f} {ms['torch']:14.1f} "
                     f"{row['torch_over_onnxruntime']:9.2f} {g['onnxruntime']:11.1f} "
-                    f"{g['torch']:13.1f}",
+                    f"{g['torch']:13.1f}"
+                    + (
+                        f"  isolated, peak ORT {row['peak_bytes']['onnxruntime'] / 2**30:.1f} GiB, "
+                        f"torch {row['peak_bytes']['torch'] / 2**30:.1f} GiB"
+                        if "peak_bytes" in row
+                        else ""
+                    ),
                     flush=True,
                 )
         for name in filter(None, args.whole.split(",")):
