@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from dataclasses import replace
 
-    from cirl import evaluate, train
+    from ablation import _evaluate, _train  # the ablation's own resumable stages, beside this file
+    from cirl import train
     from cirl.checkpoint import load_checkpoint
     from cirl.config import from_mapping
 
@@ -81,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     betas = [float(b) for b in args.betas.split(",")]
 
+    share_before = {  # the phase-I model each seed's phase II starts from
+        seed: crack_share_of_a(
+            work / f"seed{seed}" / "phase1_half_last.pt",
+            data,
+            work / f"seed{seed}" / "select_cirl_frac",
+        )
+        for seed in seeds
+    }
     rows: dict[str, dict] = {}
     for beta in [0.2, *betas]:
         key = f"beta={beta:g}"
@@ -88,41 +97,24 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             root = work / f"seed{seed}"
             init, sel = root / "phase1_half_last.pt", root / "select_cirl_frac"
-            if beta == 0.2:  # the ablation's own cirl_frac arm
-                run_dir = root / "phase2_cirl_frac"
-                metrics = json.loads((root / "eval_cirl_frac" / "metrics.json").read_text())
+            if beta == 0.2:  # the ablation's own cirl_frac arm, trained and scored already
+                run_dir, eval_dir = root / "phase2_cirl_frac", root / "eval_cirl_frac"
             else:
-                run_dir = root / f"phase2_frac_beta{beta:g}"
+                run_dir, eval_dir = (
+                    root / f"phase2_frac_beta{beta:g}",
+                    root / f"eval_frac_beta{beta:g}",
+                )
                 phase1 = from_mapping(train.TrainConfig, load_checkpoint(init)["config"], str(init))
                 _log(f"seed {seed}: phase II with beta {beta:g} (resumes when done already)")
-                train.run(
-                    replace(phase1, phase=2, beta=beta),
-                    data,
-                    run_dir,
-                    init=init,
-                    ambiguity=sel,
-                    resume=(run_dir / "last.pt").is_file(),
-                    progress=False,
-                )
-                eval_dir = root / f"eval_frac_beta{beta:g}"
-                if (eval_dir / "metrics.json").is_file():
-                    metrics = json.loads((eval_dir / "metrics.json").read_text())
-                else:
-                    _log(f"seed {seed}: evaluate beta {beta:g}")
-                    metrics = evaluate.run(
-                        evaluate.EvaluateConfig(split="test", overlays=0, device="cpu"),
-                        data,
-                        run_dir / "best.pt",
-                        eval_dir,
-                        progress=False,
-                    )
+                _train(replace(phase1, phase=2, beta=beta), data, run_dir, init=init, ambiguity=sel)
+            metrics = _evaluate(data, run_dir / "best.pt", eval_dir)  # read back when done
             bce_f1 = ablation["per_seed"][str(seed)]["bce"]["f1"]
             per_seed[seed] = {
                 "f1": metrics["f1"],
                 "precision": metrics["precision"],
                 "recall": metrics["recall"],
                 "f1_minus_bce": metrics["f1"] - bce_f1,
-                "crack_share_of_a_before": crack_share_of_a(init, data, sel),
+                "crack_share_of_a_before": share_before[seed],
                 "crack_share_of_a_after": crack_share_of_a(run_dir / "best.pt", data, sel),
             }
         rows[key] = {

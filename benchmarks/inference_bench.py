@@ -106,6 +106,19 @@ def _forward_gflop(name: str, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def _interleaved(engines: dict, x: np.ndarray, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each engine on ``x``, round-robin after one warm-up each."""
+    for engine in engines.values():
+        engine(x)
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for _ in range(repeats):
+        for key, engine in engines.items():
+            t = time.perf_counter()
+            engine(x)
+            times[key].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def tile_latency(
     name: str, folder: Path, repeats: int, batches: list[int], isolate: bool = False
 ) -> dict:
@@ -124,44 +137,31 @@ def tile_latency(
     result = export.run(export.ExportConfig(), ckpt, onnx_path)
     export_seconds = time.perf_counter() - t0
     gflop = _forward_gflop(name, 512)
+    if not isolate:
+        engines = {
+            "onnxruntime": load_engine(onnx_path, "onnx"),
+            "torch": load_engine(ckpt, "torch"),
+        }
+        rng = np.random.default_rng(0)
     rows = {}
-    if isolate:
-        for batch in batches:
+    for batch in batches:
+        extra: dict = {}
+        if isolate:
             runs = {
                 "onnxruntime": _isolated("onnx", onnx_path, batch, repeats),
                 "torch": _isolated("torch", ckpt, batch, repeats),
             }
-            ms = {k: 1000 * v["seconds"] / batch for k, v in runs.items()}
-            rows[f"batch{batch}"] = {
-                "ms_per_tile": ms,
-                "torch_over_onnxruntime": ms["torch"] / ms["onnxruntime"],
-                "gflops_achieved": {k: gflop / (v / 1000) for k, v in ms.items()},
-                "peak_bytes": {k: v["peak_bytes"] for k, v in runs.items()},
-                "isolated": True,
-            }
-        return {
-            "forward_gflop_per_tile": gflop,
-            "export_seconds": export_seconds,
-            "parity_max_abs_diff": result.parity_max_abs_diff,
-            "latency": rows,
-        }
-    engines = {"onnxruntime": load_engine(onnx_path, "onnx"), "torch": load_engine(ckpt, "torch")}
-    rng = np.random.default_rng(0)
-    for batch in batches:
-        x = rng.random((batch, 3, 512, 512), dtype=np.float32)
-        for engine in engines.values():  # warm-up
-            engine(x)
-        times: dict[str, list[float]] = {k: [] for k in engines}
-        for _ in range(repeats):
-            for key, engine in engines.items():
-                t = time.perf_counter()
-                engine(x)
-                times[key].append(time.perf_counter() - t)
-        ms = {k: 1000 * statistics.median(v) / batch for k, v in times.items()}
+            seconds = {k: v["seconds"] for k, v in runs.items()}
+            extra = {"peak_bytes": {k: v["peak_bytes"] for k, v in runs.items()}, "isolated": True}
+        else:
+            x = rng.random((batch, 3, 512, 512), dtype=np.float32)
+            seconds = _interleaved(engines, x, repeats)
+        ms = {k: 1000 * v / batch for k, v in seconds.items()}
         rows[f"batch{batch}"] = {
             "ms_per_tile": ms,
             "torch_over_onnxruntime": ms["torch"] / ms["onnxruntime"],
             "gflops_achieved": {k: gflop / (v / 1000) for k, v in ms.items()},
+            **extra,
         }
     return {
         "forward_gflop_per_tile": gflop,
@@ -183,20 +183,19 @@ def whole_photo(name: str, folder: Path, checkpoint: Path | None = None) -> dict
     from cirl import export
     from cirl.synth import SynthConfig, render_sample
 
-    photo_dir = folder
+    models = folder  # where NAME.pt and NAME.onnx are
     if checkpoint is not None:
-        trained = folder / "trained"
-        trained.mkdir(exist_ok=True)
-        shutil.copy2(checkpoint, trained / f"{name}.pt")
-        export.run(export.ExportConfig(), trained / f"{name}.pt", trained / f"{name}.onnx")
-        folder = trained
+        models = folder / "trained"
+        models.mkdir(exist_ok=True)
+        shutil.copy2(checkpoint, models / f"{name}.pt")
+        export.run(export.ExportConfig(), models / f"{name}.pt", models / f"{name}.onnx")
 
-    image_path = photo_dir / "photo_7360x4912.jpg"
+    image_path = folder / "photo_7360x4912.jpg"
     if not image_path.exists():
         image, _, _ = render_sample(SynthConfig(width=7360, height=4912), 0)
         cv2.imwrite(str(image_path), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
     out = {}
-    for engine, model in (("onnx", folder / f"{name}.onnx"), ("torch", folder / f"{name}.pt")):
+    for engine, model in (("onnx", models / f"{name}.onnx"), ("torch", models / f"{name}.pt")):
         proc = subprocess.run(
             [
                 sys.executable,
@@ -205,7 +204,7 @@ def whole_photo(name: str, folder: Path, checkpoint: Path | None = None) -> dict
                 engine,
                 str(model),
                 str(image_path),
-                str(folder / f"pred_{engine}"),
+                str(models / f"pred_{engine}"),
             ],
             capture_output=True,
             text=True,

@@ -617,7 +617,7 @@ def measure_cracks(
                 )
             continue
         # Pinholes (holes narrower than the crack) would split the skeleton into loops.
-        hole_area = max(4.0, float(2.0 * dist.max() - 1.0) ** 2)
+        hole_area = max(4.0, width**2)
         solid = _fill_holes(component, connectivity, hole_area)
         if solid is not component:
             dist = cv2.distanceTransform(solid, cv2.DIST_L2, 5)

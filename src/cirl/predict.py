@@ -290,6 +290,7 @@ def predict_one(path: Path, name: str, engine, cfg: PredictConfig, out: Path) ->
         too_wide=too_wide,
     )
     t_measure = time.perf_counter() - t0
+    region_pixels = int(sum(r["pixels"] for r in too_wide))
     if too_wide:
         log.warning(
             "%s: %d region(s) wider than %g px (%.1f%% of the photo) are not cracks and were "
@@ -298,7 +299,7 @@ def predict_one(path: Path, name: str, engine, cfg: PredictConfig, out: Path) ->
             path,
             len(too_wide),
             cfg.max_crack_width,
-            100.0 * sum(r["pixels"] for r in too_wide) / mask.size,
+            100.0 * region_pixels / mask.size,
         )
     mm = cfg.mm_per_pixel or None
     t0 = time.perf_counter()
@@ -328,7 +329,7 @@ def predict_one(path: Path, name: str, engine, cfg: PredictConfig, out: Path) ->
         "regions_not_measured": {
             "why": f"wider than max_crack_width ({cfg.max_crack_width:g} px)",
             "count": len(too_wide),
-            "pixels": int(sum(r["pixels"] for r in too_wide)),
+            "pixels": region_pixels,
             "largest": sorted(too_wide, key=lambda r: -r["pixels"])[:20],
         },
         "mm_per_pixel": mm,
