@@ -20,6 +20,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -228,6 +229,7 @@ def run(
     ambiguity: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train one arm and write ``OUT/last.pt``, ``OUT/best.pt``, ``OUT/history.json``.
 
@@ -239,6 +241,8 @@ def run(
         ambiguity: phase II: the ``cirl select`` output folder (required).
         resume: continue from ``OUT/last.pt``.
         progress: show a progress bar.
+        on_epoch: called with each epoch's history record after its checkpoint is written
+            (how tracking layers such as MLflow see training without this module importing them).
 
     Raises:
         CirlError: on missing inputs, a non-finite loss (the last good checkpoint is kept), or a
@@ -404,4 +408,6 @@ def run(
             save_checkpoint(best_path, payload)
         save_checkpoint(last_path, payload)
         _write_json(out / "history.json", history)
+        if on_epoch is not None:
+            on_epoch(record)
     return TrainResult(out, best_path, last_path, best_epoch, best_f1, history)
