@@ -1,53 +1,140 @@
 """The ``cirl`` command: one subcommand per stage, each a thin adapter over ``<stage>.run``.
 
-Options given on the command line override the stage's group in ``--params`` (a
-``params.yaml``), which overrides the stage config's defaults.
+A stage's parameters are declared once, as the fields of its frozen config dataclass (type,
+default, and the help line in the class docstring's ``Attributes:``); the subcommand's options
+are derived from those fields, so a new parameter is one line in one place. Options given on
+the command line override the stage's group in ``--params`` (a ``params.yaml``), which
+overrides the dataclass defaults. Only a command's inputs and outputs (folders, files) are
+declared here.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from cirl import __version__
 from cirl.errors import CirlError
 
-Handler = Callable[[argparse.Namespace], int]
+
+@dataclass(frozen=True)
+class Arg:
+    """An input or output of a command (a path, a name): not a parameter of the stage."""
+
+    flags: tuple[str, ...]
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _add_params(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--params",
-        metavar="FILE",
-        help="params.yaml whose group for this stage sets defaults (flags override it)",
-    )
+def arg(*flags: str, **options: Any) -> Arg:
+    """Shorthand for :class:`Arg`."""
+    return Arg(flags, options)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its stage config group (options derived from it), inputs, handler."""
+
+    name: str
+    help: str
+    description: str
+    handler: Callable[[argparse.Namespace, Any], int]
+    group: str | None = None
+    args: tuple[Arg, ...] = ()
+    quiet: bool = True
 
 
 def _print_json(payload: dict) -> None:
     print(json.dumps(payload, indent=2, default=str))
 
 
-def _cmd_prepare(args: argparse.Namespace) -> int:
-    from cirl import config, prepare
+def _option_type(tp: Any) -> tuple[Any, dict[str, Any]]:
+    """argparse keyword arguments for a config field annotation (None = a plain string)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _option_type(inner[0]) if len(inner) == 1 else (str, {})
+    if origin is typing.Literal:
+        values = [str(a) for a in args]
+        return str, {"choices": values, "metavar": "{" + ",".join(values) + "}"}
+    if tp is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    if tp in (int, float):
+        return tp, {}
+    if origin is tuple:
+        n = "..." if len(args) == 2 and args[1] is Ellipsis else len(args)
+        return str, {"metavar": "A,B" if n == 2 else "A,B,C" if n == 3 else "LIST"}
+    return str, {}
 
-    cfg = config.resolve(
-        prepare.PrepareConfig,
-        "prepare",
-        args.params,
-        {
-            "tile": args.tile,
-            "edge": args.edge,
-            "split": args.split,
-            "split_by": args.split_by,
-            "seed": args.seed,
-            "workers": args.workers,
-            "strict": True if args.strict else None,
-            "png_level": args.png_level,
-        },
+
+def config_options(parser: argparse.ArgumentParser, cls: type) -> list[str]:
+    """Add one ``--option`` per field of the config dataclass ``cls``; returns the field names.
+
+    The help line comes from the class docstring's ``Attributes:`` section and ends with the
+    default. Options default to ``None`` (not given): only given options override ``--params``.
+    """
+    from cirl.config import field_help
+
+    helps = field_help(cls)
+    hints = typing.get_type_hints(cls)
+    names = []
+    group = parser.add_argument_group(
+        "parameters", "(from the stage config; --params FILE sets defaults, flags override it)"
     )
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        kind, extra = _option_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, tuple):
+            default = ",".join(str(v) for v in default)
+        text = helps.get(f.name, "").replace("%", "%%")
+        options: dict[str, Any] = {"default": None, "help": f"{text} (default {default})"}
+        if kind is not None:
+            options["type"] = kind
+        options.update(extra)
+        if extra.get("choices") and kind is str and hints[f.name] is not str:
+            literal_args = typing.get_args(hints[f.name])
+            if literal_args and not isinstance(literal_args[0], str):
+                # Literal of numbers: parse as the literal's type
+                options["type"] = type(literal_args[0])
+                options["choices"] = list(literal_args)
+                options.pop("metavar")
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **options)
+        names.append(f.name)
+    return names
+
+
+def resolved_config(args: argparse.Namespace, group: str) -> Any:
+    """The stage config: dataclass defaults < ``--params`` group < given options."""
+    from cirl import config
+
+    cls = config.stage_config(group)
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
+    return config.resolve(cls, group, args.params, overrides)
+
+
+def _cmd_synth(args: argparse.Namespace, cfg) -> int:
+    from cirl import synth
+
+    result = synth.run(cfg, args.out)
+    _print_json(
+        {"out": str(result.out), "images": result.images, "crack_fraction": result.crack_fraction}
+    )
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace, cfg) -> int:
+    from cirl import prepare
+
     result = prepare.run(cfg, args.source, args.format, args.out, progress=not args.quiet)
     _print_json(
         {
@@ -61,51 +148,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_synth(args: argparse.Namespace) -> int:
-    from cirl import config, synth
+def _cmd_train(args: argparse.Namespace, cfg) -> int:
+    from cirl import train
 
-    cfg = config.resolve(
-        synth.SynthConfig,
-        "synth",
-        args.params,
-        {"n": args.n, "seed": args.seed, "width": args.width, "height": args.height},
-    )
-    result = synth.run(cfg, args.out)
-    _print_json(
-        {"out": str(result.out), "images": result.images, "crack_fraction": result.crack_fraction}
-    )
-    return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from cirl import config, train
-
-    cfg = config.resolve(
-        train.TrainConfig,
-        "train",
-        args.params,
-        {
-            "model": args.model,
-            "width": args.width,
-            "phase": args.phase,
-            "loss": args.loss,
-            "epochs": args.epochs,
-            "steps_per_epoch": args.steps_per_epoch,
-            "batch_size": args.batch_size,
-            "crop": args.crop,
-            "lr": args.lr,
-            "weight_decay": args.weight_decay,
-            "lam": args.lam,
-            "aseg_weight": args.aseg_weight,
-            "beta": args.beta,
-            "k": args.k,
-            "max_pixels": args.max_pixels,
-            "seed": args.seed,
-            "workers": args.workers,
-            "device": args.device,
-            "val_every": args.val_every,
-        },
-    )
     result = train.run(
         cfg,
         args.data,
@@ -129,21 +174,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_select(args: argparse.Namespace) -> int:
-    from cirl import config, selection
+def _cmd_select(args: argparse.Namespace, cfg) -> int:
+    from cirl import selection
 
-    cfg = config.resolve(
-        selection.SelectConfig,
-        "select",
-        args.params,
-        {
-            "gamma": args.gamma,
-            "fraction": args.fraction,
-            "kernel": args.kernel,
-            "split": args.split,
-            "device": args.device,
-        },
-    )
     result = selection.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
     _print_json(
         {
@@ -159,47 +192,18 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from cirl import config, evaluate
+def _cmd_evaluate(args: argparse.Namespace, cfg) -> int:
+    from cirl import evaluate
 
-    cfg = config.resolve(
-        evaluate.EvaluateConfig,
-        "evaluate",
-        args.params,
-        {
-            "split": args.split,
-            "threshold": args.threshold,
-            "tolerance": args.tolerance,
-            "empty_f1": args.empty_f1,
-            "overlays": args.overlays,
-            "device": args.device,
-        },
-    )
     summary = evaluate.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
-    _print_json(
-        {
-            k: summary[k]
-            for k in ("f1", "precision", "recall", "ods", "ois", "ap", "protocol")
-            if k in summary
-        }
-    )
+    keys = ("f1", "precision", "recall", "ods", "ois", "ap", "protocol")
+    _print_json({k: summary[k] for k in keys if k in summary})
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from cirl import config, export
+def _cmd_export(args: argparse.Namespace, cfg) -> int:
+    from cirl import export
 
-    cfg = config.resolve(
-        export.ExportConfig,
-        "export",
-        args.params,
-        {
-            "opset": args.opset,
-            "tolerance": args.tolerance,
-            "quantize": args.quantize,
-            "split": args.split,
-        },
-    )
     result = export.run(cfg, args.checkpoint, args.out, data=args.data)
     payload = {
         "out": str(result.out),
@@ -215,26 +219,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from cirl import config, predict
+def _cmd_predict(args: argparse.Namespace, cfg) -> int:
+    from cirl import predict
 
-    cfg = config.resolve(
-        predict.PredictConfig,
-        "predict",
-        args.params,
-        {
-            "engine": args.engine,
-            "tile": args.tile,
-            "overlap": args.overlap,
-            "batch": args.batch,
-            "threshold": args.threshold,
-            "threads": args.threads,
-            "device": args.device,
-            "mm_per_pixel": args.mm_per_pixel,
-            "min_crack_pixels": args.min_crack_pixels,
-            "max_crack_width": args.max_crack_width,
-        },
-    )
     result = predict.run(cfg, args.input, args.model, args.out, progress=not args.quiet)
     _print_json(
         {
@@ -253,6 +240,132 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "synth",
+        "generate a synthetic concrete-crack dataset in the folder layout",
+        "Write OUT/images/*.jpg and OUT/masks/*.png: concrete-like textures with branching "
+        "cracks 1-15 px wide, stains, joints and shadows as distractors, and label noise "
+        "confined to the 2-pixel ring around each crack. Deterministic for a seed.",
+        _cmd_synth,
+        group="synth",
+        args=(arg("--out", required=True, metavar="DIR", help="output folder"),),
+        quiet=False,
+    ),
+    Command(
+        "prepare",
+        "slice a raw dataset into tiles, split it 90/5/5, write manifest and dataset card",
+        "Import a raw dataset, cut every photo into tiles without resizing, split by photo "
+        "(an official split wins) and write OUT/images, OUT/masks, OUT/valid (only tiles "
+        "with padding or outside a field of view), OUT/manifest.csv and "
+        "OUT/dataset_card.json. OUT is replaced only when the run completes.",
+        _cmd_prepare,
+        group="prepare",
+        args=(
+            arg("--source", required=True, metavar="DIR", help="raw dataset folder"),
+            arg(
+                "--format",
+                required=True,
+                choices=("folder", "cfd", "drive"),
+                help="raw layout: folder (images/, masks/, splits/), cfd (CrackForest), "
+                "drive (DRIVE)",
+            ),
+            arg("--out", required=True, metavar="DIR", help="prepared dataset folder"),
+        ),
+    ),
+    Command(
+        "train",
+        "train the BCE baseline, CIRL phase I or CIRL phase II",
+        "Train on the train split of a prepared folder; the best checkpoint is chosen on the "
+        "val split. Writes OUT/last.pt (every epoch), OUT/best.pt, OUT/history.json, "
+        "OUT/config.json. Phase 1: BCE + ambiguity-aware loss with the std head. Phase 2: "
+        "from --init, BCE outside the ambiguous pixels + beta * clustering-inspired loss "
+        "inside them (--ambiguity from `cirl select`). --loss bce: the baseline.",
+        _cmd_train,
+        group="train",
+        args=(
+            arg("--data", required=True, metavar="DIR", help="prepared folder"),
+            arg("--out", required=True, metavar="DIR", help="run folder"),
+            arg("--init", metavar="PT", help="phase 2: the phase-I checkpoint"),
+            arg("--ambiguity", metavar="DIR", help="phase 2: the `cirl select` output folder"),
+            arg(
+                "--resume",
+                action="store_true",
+                help="continue from OUT/last.pt (same parameters; --epochs may grow to train "
+                "longer)",
+            ),
+        ),
+    ),
+    Command(
+        "select",
+        "select the ambiguous pixels with a phase-I model",
+        "Run the phase-I model over every training tile and write OUT/ambiguous/*.png "
+        "(A = sigma^2 > gamma inside the marginal ring), OUT/log_variance/*.png, "
+        "OUT/selection.csv, OUT/summary.json and OUT/overview.png.",
+        _cmd_select,
+        group="select",
+        args=(
+            arg("--data", required=True, metavar="DIR", help="prepared folder"),
+            arg("--checkpoint", required=True, metavar="PT", help="phase-I checkpoint"),
+            arg("--out", required=True, metavar="DIR", help="selection folder"),
+        ),
+    ),
+    Command(
+        "evaluate",
+        "evaluate a checkpoint on a split (paper protocol, ODS, OIS, AP, IoU)",
+        "Writes OUT/metrics.json (top-level f1/precision/recall: per-image means at 0.5, "
+        "the paper's protocol), OUT/per_image.csv, OUT/pr_curve.png and overlays of the "
+        "best and worst images.",
+        _cmd_evaluate,
+        group="evaluate",
+        args=(
+            arg("--data", required=True, metavar="DIR", help="prepared folder"),
+            arg("--checkpoint", required=True, metavar="PT", help="checkpoint to evaluate"),
+            arg("--out", required=True, metavar="DIR", help="evaluation folder"),
+        ),
+    ),
+    Command(
+        "export",
+        "export a checkpoint to ONNX (backbone + seg head, sigmoid included)",
+        "Write OUT (.onnx) without the std head, with dynamic batch/height/width, checked by "
+        "onnx.checker and against PyTorch (max abs difference within --tolerance), and "
+        "OUT.json with the measurements. --quantize int8 adds OUT-stem.int8.onnx; with "
+        "--data its accuracy change on --split is measured.",
+        _cmd_export,
+        group="export",
+        args=(
+            arg("--checkpoint", required=True, metavar="PT", help="checkpoint to export"),
+            arg("--out", required=True, metavar="ONNX", help="output .onnx file"),
+            arg("--data", metavar="DIR", help="prepared folder to score the int8 model on"),
+        ),
+        quiet=False,
+    ),
+    Command(
+        "predict",
+        "crack maps, overlays and crack measurements for photos of any size",
+        "Sliding-window prediction with blended overlaps. Writes per photo NAME_mask.png, "
+        "NAME_prob.png, NAME_overlay.jpg, NAME.json and NAME_cracks.csv (length, width, "
+        "orientation of each connected crack), and predictions.json. Photos that cannot "
+        "be read are reported and skipped; the exit status is 1 if any failed.",
+        _cmd_predict,
+        group="predict",
+        args=(
+            arg("input", metavar="IMAGE_OR_DIR", help="a photo or a folder of photos"),
+            arg("--model", required=True, metavar="FILE", help=".onnx (or .pt with torch)"),
+            arg("--out", required=True, metavar="DIR", help="output folder"),
+        ),
+    ),
+)
+
+
+def _dispatch(command: Command) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        cfg = resolved_config(args, command.group) if command.group else None
+        return command.handler(args, cfg)
+
+    return handler
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cirl`` command (all subcommands)."""
     parser = argparse.ArgumentParser(
@@ -262,210 +375,227 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cirl {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser(
-        "prepare",
-        help="slice a raw dataset into tiles, split it 90/5/5, write manifest and dataset card",
-        description=(
-            "Import a raw dataset, cut every photo into tiles without resizing, split by photo "
-            "(an official split wins) and write OUT/images, OUT/masks, OUT/valid (only tiles "
-            "with padding or outside a field of view), OUT/manifest.csv and "
-            "OUT/dataset_card.json. OUT is replaced only when the run completes."
-        ),
-    )
-    p.add_argument("--source", required=True, metavar="DIR", help="raw dataset folder")
-    p.add_argument(
-        "--format",
-        required=True,
-        choices=("folder", "cfd", "drive"),
-        help="raw layout: folder (images/, masks/, splits/), cfd (CrackForest), drive (DRIVE)",
-    )
-    p.add_argument("--out", required=True, metavar="DIR", help="prepared dataset folder")
-    p.add_argument("--tile", type=int, help="tile side in pixels, 0 = whole photos (default 512)")
-    p.add_argument(
-        "--edge",
-        choices=("shift", "pad"),
-        help="last tile at a ragged edge: shift it inward (default) or zero-pad it",
-    )
-    p.add_argument("--split", metavar="TR,VA,TE", help="split ratios (default 0.9,0.05,0.05)")
-    p.add_argument(
-        "--split-by",
-        choices=("image", "tile"),
-        help="keep each photo's tiles in one split (default) or split tiles",
-    )
-    p.add_argument("--seed", type=int, help="split seed (default 0)")
-    p.add_argument("--workers", type=int, help="parallel slicing processes (default 1)")
-    p.add_argument("--png-level", type=int, help="PNG compression 0-9 of tiles (default 1)")
-    p.add_argument("--strict", action="store_true", help="fail on any file that would be skipped")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_params(p)
-    p.set_defaults(handler=_cmd_prepare)
-
-    p = sub.add_parser(
-        "synth",
-        help="generate a synthetic concrete-crack dataset in the folder layout",
-        description=(
-            "Write OUT/images/*.jpg and OUT/masks/*.png: concrete-like textures with branching "
-            "cracks 1-15 px wide, stains, joints and shadows as distractors, and label noise "
-            "confined to the 2-pixel ring around each crack. Deterministic for a seed."
-        ),
-    )
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--n", type=int, help="number of images (default 20)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--width", type=int, help="image width (default 2048)")
-    p.add_argument("--height", type=int, help="image height (default 1536)")
-    _add_params(p)
-    p.set_defaults(handler=_cmd_synth)
-
-    p = sub.add_parser(
-        "train",
-        help="train the BCE baseline, CIRL phase I or CIRL phase II",
-        description=(
-            "Train on the train split of a prepared folder; the best checkpoint is chosen on the "
-            "val split. Writes OUT/last.pt (every epoch), OUT/best.pt, OUT/history.json, "
-            "OUT/config.json. Phase 1: BCE + ambiguity-aware loss with the std head. Phase 2: "
-            "from --init, BCE outside the ambiguous pixels + beta * clustering-inspired loss "
-            "inside them (--ambiguity from `cirl select`). --loss bce: the baseline."
-        ),
-    )
-    p.add_argument("--data", required=True, metavar="DIR", help="prepared folder")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder")
-    p.add_argument("--phase", type=int, choices=(1, 2), help="CIRL phase (default 1)")
-    p.add_argument("--loss", choices=("cirl", "bce"), help="cirl (default) or the bce baseline")
-    p.add_argument("--init", metavar="PT", help="phase 2: the phase-I checkpoint (best.pt)")
-    p.add_argument("--ambiguity", metavar="DIR", help="phase 2: the `cirl select` output folder")
-    p.add_argument("--model", help="unet, unet-small (default), jtfn, jtfn-small")
-    p.add_argument("--width", type=int, help="base width of the model (default: preset)")
-    p.add_argument("--epochs", type=int, help="epochs (default 10)")
-    p.add_argument("--steps-per-epoch", type=int, help="steps per epoch (default: one pass)")
-    p.add_argument("--batch-size", type=int, help="batch size (default 2)")
-    p.add_argument("--crop", type=int, help="random crop side (default 256)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 5e-4)")
-    p.add_argument("--lam", type=float, help="lambda of the ambiguity-aware loss (default 0.3)")
-    p.add_argument("--aseg-weight", type=float, help="weight of the Aseg loss in phase 1 (1)")
-    p.add_argument("--beta", type=float, help="weight of the CI loss (default 0.2)")
-    p.add_argument("--k", type=int, help="neighbours K of the CI loss (default 20)")
-    p.add_argument("--max-pixels", type=int, help="cap on ambiguous pixels per image (4096)")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--workers", type=int, help="data-loader processes (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
-    p.add_argument("--val-every", type=int, help="validate every N epochs (default 1)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from OUT/last.pt (same parameters; --epochs may grow to train longer)",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_params(p)
-    p.set_defaults(handler=_cmd_train)
-
-    p = sub.add_parser(
-        "select",
-        help="select the ambiguous pixels with a phase-I model",
-        description=(
-            "Run the phase-I model over every training tile and write OUT/ambiguous/*.png "
-            "(A = sigma^2 > gamma inside the marginal ring), OUT/log_variance/*.png, "
-            "OUT/selection.csv, OUT/summary.json and OUT/overview.png."
-        ),
-    )
-    p.add_argument("--data", required=True, metavar="DIR", help="prepared folder")
-    p.add_argument("--checkpoint", required=True, metavar="PT", help="phase-I checkpoint")
-    p.add_argument("--out", required=True, metavar="DIR", help="selection folder")
-    p.add_argument("--gamma", type=float, help="variance threshold (default 0.4)")
-    p.add_argument(
-        "--fraction",
-        type=float,
-        help="instead of --gamma: select this share of the ring, highest variance first",
-    )
-    p.add_argument("--kernel", type=int, help="marginal ring dilation size (default 5)")
-    p.add_argument("--split", choices=("train", "val", "test"), help="default train")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_params(p)
-    p.set_defaults(handler=_cmd_select)
-
-    p = sub.add_parser(
-        "evaluate",
-        help="evaluate a checkpoint on a split (paper protocol, ODS, OIS, AP, IoU)",
-        description=(
-            "Writes OUT/metrics.json (top-level f1/precision/recall: per-image means at 0.5, "
-            "the paper's protocol), OUT/per_image.csv, OUT/pr_curve.png and overlays of the "
-            "best and worst images."
-        ),
-    )
-    p.add_argument("--data", required=True, metavar="DIR", help="prepared folder")
-    p.add_argument("--checkpoint", required=True, metavar="PT", help="checkpoint to evaluate")
-    p.add_argument("--out", required=True, metavar="DIR", help="evaluation folder")
-    p.add_argument("--split", choices=("train", "val", "test"), help="default test")
-    p.add_argument("--threshold", type=float, help="operating threshold (default 0.5)")
-    p.add_argument(
-        "--tolerance", type=int, help="also score with this pixel tolerance, e.g. 2 (default 0)"
-    )
-    p.add_argument(
-        "--empty-f1",
-        type=float,
-        choices=(0.0, 1.0),
-        help="F1 of an image with no crack and no prediction: 0 (JTFN, default) or 1",
-    )
-    p.add_argument("--overlays", type=int, help="best and worst images to draw (default 4)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_params(p)
-    p.set_defaults(handler=_cmd_evaluate)
-
-    p = sub.add_parser(
-        "export",
-        help="export a checkpoint to ONNX (backbone + seg head, sigmoid included)",
-        description=(
-            "Write OUT (.onnx) without the std head, with dynamic batch/height/width, checked by "
-            "onnx.checker and against PyTorch (max abs difference within --tolerance), and "
-            "OUT.json with the measurements. --quantize int8 adds OUT-stem.int8.onnx; with "
-            "--data its accuracy change on --split is measured."
-        ),
-    )
-    p.add_argument("--checkpoint", required=True, metavar="PT", help="checkpoint to export")
-    p.add_argument("--out", required=True, metavar="ONNX", help="output .onnx file")
-    p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
-    p.add_argument("--tolerance", type=float, help="parity bound (default 1e-4)")
-    p.add_argument("--quantize", choices=("none", "int8"), help="also write an int8 model")
-    p.add_argument("--data", metavar="DIR", help="prepared folder to score the int8 model on")
-    p.add_argument("--split", choices=("train", "val", "test"), help="default test")
-    _add_params(p)
-    p.set_defaults(handler=_cmd_export)
-
-    p = sub.add_parser(
-        "predict",
-        help="crack maps, overlays and crack measurements for photos of any size",
-        description=(
-            "Sliding-window prediction with blended overlaps. Writes per photo NAME_mask.png, "
-            "NAME_prob.png, NAME_overlay.jpg, NAME.json and NAME_cracks.csv (length, width, "
-            "orientation of each connected crack), and predictions.json. Photos that cannot "
-            "be read are reported and skipped; the exit status is 1 if any failed."
-        ),
-    )
-    p.add_argument("input", metavar="IMAGE_OR_DIR", help="a photo or a folder of photos")
-    p.add_argument("--model", required=True, metavar="FILE", help=".onnx (or .pt with torch)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--engine", choices=("onnx", "torch"), help="default onnx")
-    p.add_argument("--tile", type=int, help="tile side (default 512)")
-    p.add_argument("--overlap", type=int, help="overlap between tiles (default 64)")
-    p.add_argument("--batch", type=int, help="tiles per forward pass (default 4)")
-    p.add_argument("--threshold", type=float, help="crack threshold (default 0.5)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
-    p.add_argument("--mm-per-pixel", type=float, help="adds millimetre measurements")
-    p.add_argument("--min-crack-pixels", type=int, help="smallest crack measured (default 20)")
-    p.add_argument(
-        "--max-crack-width",
-        type=float,
-        help="wider regions (px) are reported, not measured as cracks (default 200)",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_params(p)
-    p.set_defaults(handler=_cmd_predict)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        for a in command.args:
+            p.add_argument(*a.flags, **a.options)
+        if command.quiet:
+            p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        if command.group:
+            p.add_argument(
+                "--params",
+                metavar="FILE",
+                help="params.yaml whose group for this stage sets defaults (flags override it)",
+            )
+            config_options(p, _config_class(command.group))
+        p.set_defaults(handler=_dispatch(command))
+    _add_extra_commands(sub)
     return parser
+
+
+def _config_class(group: str) -> type:
+    from cirl import config
+
+    return config.stage_config(group)
+
+
+def _pipeline_arguments(args: argparse.Namespace) -> dict:
+    from cirl import pipeline
+
+    arguments: dict[str, Any] = {}
+    if getattr(args, "source", None):
+        source = args.source
+        if "://" not in source:  # local tasks run in other folders: make it absolute
+            from pathlib import Path
+
+            source = str(Path(source).resolve())
+        arguments["source"] = source
+    if getattr(args, "source_format", None):
+        arguments["source_format"] = args.source_format
+    arguments.update(pipeline.stage_arguments(args.params, pipeline.parse_overrides(args.set)))
+    if args.baseline is not None:
+        arguments["with_baseline"] = args.baseline
+    arguments["code_version"] = args.code_version or pipeline.code_version()
+    return arguments
+
+
+def _package(args: argparse.Namespace, tmp_dir: str) -> str:
+    """The package to use: ``--package``, with every task's image replaced by ``--image``."""
+    from cirl import pipeline
+
+    if not args.image:
+        return args.package
+    warning = pipeline.check_image_reference(args.image)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    pipeline.load_package(args.package)
+    from pathlib import Path
+
+    return str(pipeline.with_image(args.package, args.image, Path(tmp_dir) / "pipeline.yaml"))
+
+
+def _cmd_pipeline_run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from cirl import pipeline
+
+    if not args.source:
+        raise CirlError("--source is required: a raw dataset folder or s3://bucket/prefix")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = pipeline.run_local(
+            _package(args, tmp),
+            _pipeline_arguments(args),
+            args.out,
+            runner=args.runner,
+            cache=args.cache,
+        )
+    _print_json(
+        {
+            "out": str(result.out),
+            "run_dir": str(result.run_dir),
+            "seconds": round(result.seconds, 1),
+            "outputs": {k: str(result.out / k) for k in result.links},
+            "metrics": result.metrics,
+        }
+    )
+    return 0
+
+
+def _cmd_pipeline_submit(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from cirl import pipeline
+
+    if not args.source:
+        raise CirlError("--source is required: on a cluster, s3://bucket/prefix of the photos")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = pipeline.submit(
+            _package(args, tmp),
+            _pipeline_arguments(args),
+            host=args.host,
+            experiment=args.experiment,
+            run_name=args.run_name,
+            namespace=args.namespace,
+            token=args.token,
+        )
+    _print_json(result)
+    return 0
+
+
+def _cmd_pipeline_schedule(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from cirl import pipeline
+
+    if not args.source:
+        raise CirlError("--source is required: on a cluster, s3://bucket/prefix of the photos")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = pipeline.schedule(
+            _package(args, tmp),
+            _pipeline_arguments(args),
+            cron=args.cron,
+            host=args.host,
+            experiment=args.experiment,
+            job_name=args.name,
+            namespace=args.namespace,
+            token=args.token,
+        )
+    _print_json(result)
+    return 0
+
+
+def _add_extra_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands that are not a single stage: the pipeline."""
+    p = sub.add_parser(
+        "pipeline",
+        help="run the KFP pipeline here, or submit or schedule it on a Kubeflow cluster",
+        description=(
+            "The compiled KFP pipeline (pipelines/training.yaml): `run` on this machine with "
+            "KFP's local runner, `submit` one run or `schedule` recurring runs on a KFP "
+            "endpoint. Stage parameters come from --params (one group per stage) and --set "
+            "GROUP.KEY=VALUE; the package's compiled defaults otherwise."
+        ),
+    )
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def common(q: argparse.ArgumentParser, source_help: str) -> None:
+        q.add_argument("--source", metavar="DIR_OR_URI", help=source_help)
+        q.add_argument(
+            "--source-format",
+            choices=("folder", "cfd", "drive"),
+            help="raw layout of --source (default folder)",
+        )
+        q.add_argument(
+            "--package",
+            default="pipelines/training.yaml",
+            metavar="YAML",
+            help="compiled pipeline (default pipelines/training.yaml)",
+        )
+        q.add_argument("--params", metavar="FILE", help="params.yaml: one group per stage")
+        q.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="GROUP.KEY=VALUE",
+            help="override one stage parameter, e.g. train.epochs=5 (repeatable)",
+        )
+        q.add_argument(
+            "--baseline",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="also train and evaluate the plain BCE baseline",
+        )
+        q.add_argument("--image", help="run every task on this image (a digest on a cluster)")
+        q.add_argument(
+            "--code-version", help="recorded code version (default: a hash of the package)"
+        )
+
+    q = verbs.add_parser(
+        "run",
+        help="run the pipeline on this machine (KFP local runner)",
+        description=(
+            "Run every task on this machine. KFP writes the outputs under OUT/kfp/<run>/; "
+            "OUT/prepared, phase1, select, phase2, eval, report.html, export and model.onnx "
+            "link to the latest run's, and OUT/pipeline_run.json records the run."
+        ),
+    )
+    common(q, "raw dataset folder or s3://bucket/prefix")
+    q.add_argument("--out", default="runs/pipeline", metavar="DIR", help="run folder")
+    q.add_argument(
+        "--runner",
+        choices=("subprocess", "docker"),
+        default="subprocess",
+        help="subprocess: tasks as processes of this environment (default); docker: in the "
+        "image, through podman's Docker-compatible socket (DOCKER_HOST)",
+    )
+    q.add_argument(
+        "--cache",
+        action="store_true",
+        help="reuse finished tasks of earlier runs with the same inputs and code",
+    )
+    q.set_defaults(handler=_cmd_pipeline_run)
+
+    for verb, text in (
+        ("submit", "start one run on a Kubeflow Pipelines endpoint"),
+        ("schedule", "create a recurring run on a Kubeflow Pipelines endpoint"),
+    ):
+        q = verbs.add_parser(verb, help=text, description=text + ".")
+        common(q, "s3://bucket/prefix of the raw photos (readable from the cluster)")
+        q.add_argument("--host", help="KFP endpoint URL (default $KFP_HOST)")
+        q.add_argument("--token", help="bearer token (default $KFP_TOKEN)")
+        q.add_argument("--namespace", help="Kubeflow namespace (multi-user deployments)")
+        q.add_argument("--experiment", default="cirl", help="experiment name (created if absent)")
+        if verb == "submit":
+            q.add_argument("--run-name", help="run name (default: cirl-training and the time)")
+            q.set_defaults(handler=_cmd_pipeline_submit)
+        else:
+            q.add_argument(
+                "--cron",
+                required=True,
+                help="six fields, seconds first: '0 0 2 * * *' is every day at 02:00",
+            )
+            q.add_argument("--name", default="cirl-training-scheduled", help="recurring run name")
+            q.set_defaults(handler=_cmd_pipeline_schedule)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

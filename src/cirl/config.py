@@ -176,3 +176,71 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         return v
 
     return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+# The stage configs by params.yaml group: the one declaration from which the CLI options, the
+# KFP components' parameters and the params.yaml groups are derived. Import paths, not classes,
+# so that ``import cirl.config`` stays light.
+STAGE_CONFIGS: dict[str, str] = {
+    "synth": "cirl.synth:SynthConfig",
+    "prepare": "cirl.prepare:PrepareConfig",
+    "train": "cirl.train:TrainConfig",
+    "select": "cirl.selection:SelectConfig",
+    "evaluate": "cirl.evaluate:EvaluateConfig",
+    "export": "cirl.export:ExportConfig",
+    "predict": "cirl.predict:PredictConfig",
+}
+
+
+def stage_config(group: str) -> type:
+    """The frozen config dataclass of a ``params.yaml`` group.
+
+    Raises:
+        CirlError: on an unknown group, listing the valid ones.
+    """
+    import importlib
+
+    try:
+        module, name = STAGE_CONFIGS[group].split(":")
+    except KeyError:
+        raise CirlError(
+            f"unknown stage group {group!r}; valid groups are: {', '.join(STAGE_CONFIGS)}"
+        ) from None
+    return getattr(importlib.import_module(module), name)
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """One help line per field, from the ``Attributes:`` section of the class docstring.
+
+    Entries are ``name: text`` (``a, b: text`` documents several fields at once), continued
+    on more deeply indented lines, Google style.
+    """
+    import inspect
+    import re
+
+    doc = inspect.getdoc(cls) or ""
+    helps: dict[str, str] = {}
+    names: list[str] = []
+    in_attributes = False
+    for line in doc.splitlines():
+        if line.strip() == "Attributes:":
+            in_attributes = True
+            continue
+        if not in_attributes:
+            continue
+        if line and not line.startswith(" "):
+            break  # the next section
+        entry = re.match(r"^ {4}([A-Za-z_][\w, ]*):\s*(.*)$", line)
+        if entry:
+            names = [n.strip() for n in entry.group(1).split(",")]
+            for name in names:
+                helps[name] = entry.group(2).strip()
+        elif line.strip() and names:
+            for name in names:
+                helps[name] += " " + line.strip()
+    return helps
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """The dataclass defaults as plain JSON-able values."""
+    return to_dict(cls())

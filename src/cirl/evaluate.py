@@ -22,6 +22,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -46,13 +47,13 @@ class EvaluateConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
     """
 
-    split: str = "test"
+    split: Literal["train", "val", "test"] = "test"
     threshold: float = 0.5
     tolerance: int = 0
     empty_f1: float = 0.0
     thresholds: int = 99
     overlays: int = 4
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "val", "test"):

@@ -46,7 +46,8 @@ class ExportConfig:
     Attributes:
         opset: ONNX opset version.
         export_size: side of the example input used to capture the graph.
-        check_height, check_width: size of the parity inputs (not the export size).
+        check_height: height of the parity inputs (not the export size).
+        check_width: width of the parity inputs.
         check_batch: batch of the parity inputs (not 1, to exercise the dynamic batch).
         tolerance: largest allowed |onnxruntime - PyTorch| on probabilities.
         quantize: ``none`` or ``int8`` (an extra dynamically quantized model).
@@ -60,7 +61,7 @@ class ExportConfig:
     check_batch: int = 2
     tolerance: float = 1e-4
     quantize: Literal["none", "int8"] = "none"
-    split: str = "test"
+    split: Literal["train", "val", "test"] = "test"
 
     def __post_init__(self) -> None:
         if not 17 <= self.opset <= 23:

@@ -32,6 +32,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -70,7 +71,7 @@ class PredictConfig:
     batch: int = 4
     threshold: float = 0.5
     threads: int = 0
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     mm_per_pixel: float = 0.0
     min_crack_pixels: int = 20
     max_crack_width: float = 200.0

@@ -32,6 +32,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -66,9 +67,9 @@ class SelectConfig:
     gamma: float = 0.4
     fraction: float = 0.0
     kernel: int = 5
-    split: str = "train"
+    split: Literal["train", "val", "test"] = "train"
     overview: int = 4
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
         if self.gamma <= 0:

@@ -19,8 +19,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -47,10 +47,15 @@ class TrainConfig:
         loss: ``cirl`` or ``bce`` (the baseline).
         epochs: epochs of this run.
         steps_per_epoch: optimizer steps per epoch; 0 = one pass over the training tiles.
-        batch_size, crop: batch of random ``crop`` x ``crop`` training crops.
-        lr, weight_decay: Adam (paper: 1e-3, 5e-4).
-        lam: lambda of L_Aseg (paper 0.3); aseg_weight: its weight next to BCE (1).
-        beta: weight of L_CI (paper 0.2); k: neighbours K (paper 20); max_pixels: cap on |S|.
+        batch_size: crops per optimizer step.
+        crop: side of the random training crops in pixels (0 = whole tiles).
+        lr: Adam learning rate (paper 1e-3).
+        weight_decay: Adam weight decay (paper 5e-4).
+        lam: lambda of L_Aseg, Eq. 7 (paper 0.3).
+        aseg_weight: weight of L_Aseg next to BCE in phase 1.
+        beta: weight of L_CI in phase 2 (paper 0.2).
+        k: neighbours K of the CI loss (paper 20).
+        max_pixels: cap on the ambiguous pixels |S| sampled per image for the CI loss.
         deep_supervision: weight of JTFN's extra heads.
         seed: seeds weights, data order, augmentation and CI sampling.
         workers: data-loader processes.
@@ -61,7 +66,7 @@ class TrainConfig:
 
     model: str = "unet-small"
     width: int = 0
-    phase: int = 1
+    phase: Literal[1, 2] = 1
     loss: Literal["cirl", "bce"] = "cirl"
     epochs: int = 10
     steps_per_epoch: int = 0
@@ -77,7 +82,7 @@ class TrainConfig:
     deep_supervision: float = 1.0
     seed: int = 0
     workers: int = 0
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     val_every: int = 1
 

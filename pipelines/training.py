@@ -1,0 +1,231 @@
+"""The cirl training pipeline (KFP v2): prepare -> phase I -> select -> phase II -> evaluate ->
+export, with the plain BCE baseline as an optional branch.
+
+Compile it (the compiled YAML is committed; a test recompiles and compares)::
+
+    python pipelines/training.py                       # pipelines/training.yaml, default profile
+    python pipelines/training.py --profile paper       # pipelines/training-paper.yaml
+    python pipelines/training.py --image registry.example.com/cirl@sha256:... --out my.yaml
+
+Run it with ``cirl pipeline run`` (this machine, KFP's local runner), ``cirl pipeline submit``
+or ``cirl pipeline schedule`` (a Kubeflow cluster). The stage parameters are pipeline
+parameters, one mapping per ``params.yaml`` group, defaulting to the resolved group at compile
+time; each task checks its mapping through the stage's config dataclass.
+
+On a cluster: training, selection and evaluation request ``gpu_count`` NVIDIA GPUs (set 0 for
+CPU nodes) and tolerate the GPU taint; every task reads S3 and MLflow credentials and endpoints
+from the Kubernetes secret ``cirl-credentials`` (keys optional, see docs/cluster.md).
+Caching: KFP caches every task by default, keyed by the image reference as written and the
+inputs. Tasks here take ``code_version`` (the image digest on a cluster, a hash of the package
+source locally) so a changed image never reuses stale outputs even behind a re-pushed tag.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from kfp import compiler, dsl, kubernetes
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `components` is a top-level folder of the repository
+    sys.path.insert(0, str(REPO))
+
+import components  # noqa: E402
+
+PIPELINE_NAME = "cirl-training"
+STAGE_GROUPS = ("prepare", "train", "select", "evaluate", "export")
+SECRET = "cirl-credentials"
+# Keys of the secret, each optional: a cluster that needs no key simply leaves it out.
+SECRET_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_S3_ENDPOINT_URL",
+)
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def stage_params(params_file: Path, profile: "Path | None" = None) -> dict[str, dict[str, Any]]:
+    """Each stage group resolved from ``params_file`` (then ``profile``) as plain values."""
+    from cirl import config
+
+    groups = {}
+    for group in STAGE_GROUPS:
+        values = config.load_group(params_file, group)
+        if profile is not None:
+            values.update(config.load_group(profile, group))
+        cfg = config.from_mapping(config.stage_config(group), values, f"{params_file}:{group}")
+        groups[group] = config.to_dict(cfg)
+    return groups
+
+
+def build_pipeline(
+    params: dict[str, dict[str, Any]],
+    image: str = components.DEFAULT_IMAGE,
+    cpu: str = "4",
+    memory: str = "16G",
+    gpus: int = 1,
+):
+    """The pipeline function with ``params`` as its parameters' defaults.
+
+    The image and the resources are fixed when compiling (KFP's local runner cannot resolve
+    resource requests given as run-time parameters inside a condition branch).
+
+    Args:
+        params: one mapping per stage group (:func:`stage_params`).
+        image: the image every task runs on (a digest reference on a cluster).
+        cpu: CPU request of the heavy tasks (training, selection, evaluation).
+        memory: memory request and limit of the heavy tasks.
+        gpus: NVIDIA GPUs per heavy task; 0 compiles a CPU-only pipeline (no GPU toleration).
+    """
+    c = components.build(image)
+
+    def heavy(task):
+        """Training, selection and evaluation: CPU and memory, GPUs, GPU nodes."""
+        task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+        if gpus:
+            task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+            kubernetes.add_toleration_json(task, GPU_TOLERATION)
+        return task
+
+    def common(task, name: str, retries: int = 2):
+        """Credentials from the secret, retries with backoff, a readable name."""
+        task.set_display_name(name)
+        kubernetes.use_secret_as_env(task, SECRET, {key: key for key in SECRET_ENV}, optional=True)
+        if retries:
+            task.set_retry(retries, backoff_duration="30s", backoff_factor=2.0)
+        return task
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="CIRL crack segmentation: data -> phase I -> selection -> phase II -> "
+        "evaluation -> ONNX, with an optional BCE baseline.",
+    )
+    def training(
+        source: str,
+        source_format: str = "folder",
+        prepare_params: dict = params["prepare"],
+        train_params: dict = params["train"],
+        select_params: dict = params["select"],
+        evaluate_params: dict = params["evaluate"],
+        export_params: dict = params["export"],
+        with_baseline: bool = False,
+        code_version: str = "unset",
+    ):
+        prep = common(
+            c.prepare(
+                source=source,
+                source_format=source_format,
+                params=prepare_params,
+                code_version=code_version,
+            ),
+            "prepare tiles",
+        )
+        data = prep.outputs["dataset"]
+        phase1 = common(
+            heavy(c.train_phase1(dataset=data, params=train_params, code_version=code_version)),
+            "train phase I",
+        )
+        select = common(
+            heavy(
+                c.select_regions(
+                    dataset=data,
+                    phase1=phase1.outputs["checkpoint"],
+                    params=select_params,
+                    code_version=code_version,
+                )
+            ),
+            "select ambiguous regions",
+        )
+        phase2 = common(
+            heavy(
+                c.train_phase2(
+                    dataset=data,
+                    phase1=phase1.outputs["checkpoint"],
+                    ambiguity=select.outputs["ambiguity"],
+                    params=train_params,
+                    code_version=code_version,
+                )
+            ),
+            "train phase II",
+        )
+        common(
+            heavy(
+                c.evaluate(
+                    dataset=data,
+                    model=phase2.outputs["checkpoint"],
+                    params=evaluate_params,
+                    code_version=code_version,
+                )
+            ),
+            "evaluate CIRL",
+        )
+        common(
+            c.export_onnx(
+                model=phase2.outputs["checkpoint"],
+                dataset=data,
+                params=export_params,
+                code_version=code_version,
+            ),
+            "export ONNX",
+        )
+        with dsl.If(with_baseline == True, "baseline"):  # noqa: E712 - a KFP condition
+            baseline = common(
+                heavy(
+                    c.train_baseline(dataset=data, params=train_params, code_version=code_version),
+                ),
+                "train BCE baseline",
+            )
+            common(
+                heavy(
+                    c.evaluate(
+                        dataset=data,
+                        model=baseline.outputs["checkpoint"],
+                        params=evaluate_params,
+                        code_version=code_version,
+                    ),
+                ),
+                "evaluate baseline",
+            )
+
+    return training
+
+
+def compile_pipeline(
+    out: Path,
+    params_file: Path = REPO / "params.yaml",
+    profile: str | None = None,
+    image: str = components.DEFAULT_IMAGE,
+) -> Path:
+    """Compile the pipeline to ``out`` (YAML) with the given params file, profile and image."""
+    overlay = REPO / "pipelines" / "profiles" / f"{profile}.yaml" if profile else None
+    if overlay is not None and not overlay.is_file():
+        known = sorted(p.stem for p in (REPO / "pipelines" / "profiles").glob("*.yaml"))
+        raise SystemExit(f"error: unknown profile {profile!r}; known profiles: {known}")
+    pipeline = build_pipeline(stage_params(params_file, overlay), image=image)
+    compiler.Compiler().compile(pipeline, str(out))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Compile from the command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description="Compile the cirl training pipeline to YAML.")
+    parser.add_argument("--profile", help="a pipelines/profiles/NAME.yaml overlay, e.g. paper")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--image", default=components.DEFAULT_IMAGE, help="image of every task")
+    parser.add_argument("--out", type=Path, help="output YAML (default pipelines/training*.yaml)")
+    args = parser.parse_args(argv)
+    name = "training.yaml" if not args.profile else f"training-{args.profile}.yaml"
+    out = args.out or REPO / "pipelines" / name
+    compile_pipeline(out, args.params, args.profile, args.image)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,416 @@
+"""Running the compiled KFP pipeline: on this machine, or on a Kubeflow cluster.
+
+The pipeline is defined in ``pipelines/training.py`` and compiled to a YAML package
+(``pipelines/training.yaml``, committed). This module works on such a package:
+
+* :func:`run_local` runs it on this machine with KFP's local runner (``SubprocessRunner``: the
+  tasks run as processes of this Python environment, no cluster and no container engine; or
+  ``DockerRunner`` through podman, see :mod:`cirl.container_runner`), then links the outputs
+  that matter to predictable places under ``out``.
+* :func:`submit` and :func:`schedule` send it to a Kubeflow Pipelines endpoint through
+  ``kfp.Client`` (a one-off run, or a recurring run on a cron schedule).
+
+Run arguments: one mapping per stage group (``prepare_params``, ``train_params``, ...),
+resolved from a ``params.yaml`` and ``group.key=value`` overrides through the stages' config
+dataclasses, so a typo fails here, before anything runs. ``kfp`` is imported where used.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cirl import __version__
+from cirl.errors import CirlError
+
+STAGE_GROUPS = ("prepare", "train", "select", "evaluate", "export")
+
+# Task output -> stable name under ``out`` (a symlink into the KFP run folder).
+LINKS = {
+    ("prepare", "dataset"): "prepared",
+    ("train-phase1", "checkpoint"): "phase1",
+    ("select-regions", "ambiguity"): "select",
+    ("select-regions", "report"): "select.html",
+    ("train-phase2", "checkpoint"): "phase2",
+    ("evaluate", "evaluation"): "eval",
+    ("evaluate", "report"): "report.html",
+    ("export-onnx", "onnx"): "export",
+    ("train-baseline", "checkpoint"): "baseline",
+    ("evaluate-2", "evaluation"): "baseline-eval",
+}
+
+
+def code_version() -> str:
+    """``VERSION+HASH``: the cirl version and a hash of the package's source files.
+
+    Recorded by every task and part of KFP's cache key, so cached outputs are reused only for
+    the same code (a cluster run passes the image digest instead).
+    """
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["train.lr=0.01", "select.gamma=0.3"]`` -> ``{"train": {"lr": "0.01"}, ...}``.
+
+    Values are parsed as YAML scalars (``0.01`` a number, ``true`` a bool, ``a,b`` a string).
+
+    Raises:
+        CirlError: on an item that is not ``GROUP.KEY=VALUE`` or names an unknown group.
+    """
+    import yaml
+
+    groups: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        group, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise CirlError(f"--set {item!r}: expected GROUP.KEY=VALUE, e.g. train.epochs=5")
+        if group not in STAGE_GROUPS:
+            raise CirlError(
+                f"--set {item!r}: unknown group {group!r}; valid groups are: "
+                f"{', '.join(STAGE_GROUPS)}"
+            )
+        groups.setdefault(group, {})[name.replace("-", "_")] = yaml.safe_load(value)
+    return groups
+
+
+def stage_arguments(
+    params: str | os.PathLike | None, overrides: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``{group}_params`` run arguments: each group resolved and checked by its config class.
+
+    Without ``params`` the package's compiled defaults are used, except for groups named in
+    ``overrides`` (resolved from the dataclass defaults plus the overrides).
+    """
+    from cirl import config
+
+    arguments: dict[str, dict[str, Any]] = {}
+    for group in STAGE_GROUPS:
+        given = (overrides or {}).get(group)
+        if params is None and not given:
+            continue
+        cfg = config.resolve(config.stage_config(group), group, params, given)
+        arguments[f"{group}_params"] = config.to_dict(cfg)
+    return arguments
+
+
+def load_package(package: str | os.PathLike) -> dict:
+    """The compiled pipeline YAML as a dict (the pipeline spec; a platform spec may follow).
+
+    Raises:
+        CirlError: naming the file when it is missing or not a compiled KFP pipeline.
+    """
+    import yaml
+
+    package = Path(package)
+    if not package.is_file():
+        raise CirlError(
+            f"pipeline package {package} not found; compile it with "
+            "`python pipelines/training.py` or pass --package"
+        )
+    try:
+        docs = [d for d in yaml.safe_load_all(package.read_text()) if d]
+    except yaml.YAMLError as exc:
+        raise CirlError(f"pipeline package {package} is not valid YAML: {exc}") from None
+    if not docs or "pipelineInfo" not in docs[0] or "deploymentSpec" not in docs[0]:
+        raise CirlError(f"{package} is not a compiled KFP pipeline (no pipelineInfo)")
+    return docs[0] | ({"platform_spec": docs[1]} if len(docs) > 1 else {})
+
+
+def with_image(package: str | os.PathLike, image: str, out: str | os.PathLike) -> Path:
+    """Write a copy of ``package`` whose every task runs on ``image``; returns ``out``."""
+    import yaml
+
+    package, out = Path(package), Path(out)
+    docs = [d for d in yaml.safe_load_all(package.read_text()) if d]
+    executors = docs[0]["deploymentSpec"]["executors"]
+    for executor in executors.values():
+        if "container" in executor:
+            executor["container"]["image"] = image
+    out.write_text(yaml.safe_dump_all(docs, sort_keys=True))
+    return out
+
+
+def check_image_reference(image: str) -> str | None:
+    """A warning when ``image`` is referenced by tag: KFP's cache key holds the reference as
+    written, so a re-pushed tag would reuse outputs made by the old image."""
+    if "@sha256:" in image:
+        return None
+    return (
+        f"image {image!r} is referenced by tag; on a cluster reference it by digest "
+        "(name@sha256:...) so that KFP's cache never reuses outputs of an older image"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalRun:
+    """Where a local pipeline run left its outputs."""
+
+    out: Path
+    run_dir: Path
+    links: dict[str, str]
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def _quiet_kfp_warnings() -> None:
+    import warnings
+
+    # Resource requests, display names and the image name have no effect on a local run;
+    # KFP warns about each of them for every task.
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+    warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
+
+
+def _link(target: Path, link: Path) -> None:
+    tmp = link.with_name(f".{link.name}.partial-link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(target, link.parent))
+    os.replace(tmp, link)
+
+
+def run_local(
+    package: str | os.PathLike,
+    arguments: Mapping[str, Any],
+    out: str | os.PathLike,
+    runner: str = "subprocess",
+    cache: bool = False,
+) -> LocalRun:
+    """Run the compiled pipeline on this machine and link its outputs under ``out``.
+
+    Args:
+        package: the compiled pipeline YAML.
+        arguments: the run's arguments (``source`` at least).
+        out: the run's folder: KFP writes every task's outputs under ``out/kfp/<run>/``, and
+            stable links (``prepared``, ``phase1``, ``select``, ``phase2``, ``eval``,
+            ``report.html``, ``export``, and ``model.onnx``) point at the latest run's.
+        runner: ``subprocess`` (processes of this environment) or ``docker`` (the tasks'
+            image through podman's Docker-compatible socket, ``DOCKER_HOST``).
+        cache: reuse outputs of earlier local runs of the same task with the same inputs and
+            code (KFP's local cache under ``out/kfp/.kfp_cache``).
+
+    Raises:
+        CirlError: when a task fails (its ``error:`` line is in the log above) or the package
+            is not a pipeline.
+    """
+    from kfp import local
+    from kfp.components import load_component_from_file
+
+    load_package(package)  # a clear message for a missing or foreign file
+    out = Path(out)
+    root = out / "kfp"
+    root.mkdir(parents=True, exist_ok=True)
+    if runner == "subprocess":
+        kfp_runner = local.SubprocessRunner(use_venv=False)
+    elif runner == "docker":
+        from cirl.container_runner import docker_runner
+
+        kfp_runner = docker_runner()
+    else:
+        raise CirlError(f"unknown runner {runner!r}; use subprocess or docker")
+    local.init(
+        runner=kfp_runner,
+        pipeline_root=str(root),
+        raise_on_error=True,
+        enable_caching=cache,
+    )
+    _quiet_kfp_warnings()
+    pipeline = load_component_from_file(str(package))
+    before = {p.name for p in root.iterdir()}
+    t0 = time.perf_counter()
+    try:
+        pipeline(**arguments)
+    except RuntimeError as exc:
+        raise CirlError(
+            f"the pipeline failed: {_plain(str(exc))} Its log above shows the task's "
+            "`error:` line; fix the cause and run again (with --cache, finished tasks are "
+            "reused)"
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise CirlError(f"the pipeline's arguments do not fit {package}: {exc}") from None
+    seconds = time.perf_counter() - t0
+    new = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in before)
+    if not new:
+        raise CirlError(f"the local run wrote no run folder under {root}")
+    run_dir = new[-1]
+    links = {}
+    for (task, output), name in LINKS.items():
+        target = run_dir / task / output
+        if target.exists():
+            _link(target, out / name)
+            links[name] = str(target)
+    model = run_dir / "export-onnx" / "onnx" / "model.onnx"
+    if model.is_file():
+        _link(model, out / "model.onnx")
+        _link(model.with_name("model.onnx.json"), out / "model.onnx.json")
+        links["model.onnx"] = str(model)
+    metrics = {}
+    for name in ("eval", "baseline-eval"):
+        path = out / name / "metrics.json"
+        if name in links and path.is_file():
+            summary = json.loads(path.read_text())
+            metrics[name] = {
+                k: summary[k]
+                for k in ("f1", "precision", "recall", "ods", "ois", "ap")
+                if k in summary
+            }
+    record = {
+        "package": str(package),
+        "run_dir": str(run_dir),
+        "arguments": copy.deepcopy(dict(arguments)),
+        "runner": runner,
+        "cache": cache,
+        "seconds": round(seconds, 2),
+        "outputs": links,
+        "metrics": metrics,
+    }
+    tmp = out / ".pipeline_run.json.partial"
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, out / "pipeline_run.json")
+    return LocalRun(out, run_dir, links, metrics, seconds)
+
+
+def _plain(text: str) -> str:
+    """Drop the terminal colour codes KFP puts in its messages."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+# ----- a Kubeflow cluster -------------------------------------------------------------------
+
+
+def client(host: str | None, namespace: str | None = None, token: str | None = None):
+    """A ``kfp.Client`` for ``host`` (or ``$KFP_HOST``), checked to answer.
+
+    Auth: ``token`` (or ``$KFP_TOKEN``) as a bearer token; otherwise kfp's own defaults
+    (in-cluster service account, ``~/.config/kfp/context.json``).
+
+    Raises:
+        CirlError: naming the host when none is given, it cannot be reached, or it does not
+            answer as a KFP endpoint.
+    """
+    import kfp
+
+    host = host or os.environ.get("KFP_HOST")
+    if not host:
+        raise CirlError(
+            "no KFP endpoint: pass --host https://kubeflow.example.com/pipeline or set KFP_HOST"
+        )
+    if not host.startswith(("http://", "https://")):
+        raise CirlError(f"KFP host {host!r} must start with http:// or https://")
+    token = token or os.environ.get("KFP_TOKEN")
+    try:
+        kfp_client = kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=token)
+        kfp_client.get_kfp_healthz(sleep_duration=1)
+    except Exception as exc:  # urllib3/requests/kfp raise many types for the same cause
+        raise CirlError(
+            f"KFP endpoint {host} did not answer ({type(exc).__name__}: "
+            f"{_first_line(exc)}); check --host / KFP_HOST, the network path to the cluster "
+            "and the credentials (--token / KFP_TOKEN)"
+        ) from None
+    return kfp_client
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def _experiment_id(kfp_client, experiment: str, namespace: str | None) -> str:
+    """The id of the experiment named ``experiment``, created if absent."""
+    try:
+        found = kfp_client.get_experiment(experiment_name=experiment, namespace=namespace)
+    except Exception:  # kfp raises ValueError when the name is unknown
+        found = kfp_client.create_experiment(name=experiment, namespace=namespace)
+    return found.experiment_id
+
+
+def submit(
+    package: str | os.PathLike,
+    arguments: Mapping[str, Any],
+    host: str | None = None,
+    experiment: str = "cirl",
+    run_name: str | None = None,
+    namespace: str | None = None,
+    token: str | None = None,
+) -> dict:
+    """Start one run of the package on a KFP endpoint; returns its id and URL."""
+    load_package(package)
+    kfp_client = client(host, namespace, token)
+    experiment_id = _experiment_id(kfp_client, experiment, namespace)
+    name = run_name or f"cirl-training {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    try:
+        result = kfp_client.create_run_from_pipeline_package(
+            str(package),
+            arguments=dict(arguments),
+            run_name=name,
+            experiment_id=experiment_id,
+            namespace=namespace,
+            enable_caching=None,
+        )
+    except Exception as exc:
+        raise CirlError(
+            f"KFP endpoint refused the run ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
+    return {"run_id": result.run_id, "experiment_id": experiment_id, "run_name": name}
+
+
+def schedule(
+    package: str | os.PathLike,
+    arguments: Mapping[str, Any],
+    cron: str,
+    host: str | None = None,
+    experiment: str = "cirl",
+    job_name: str = "cirl-training-scheduled",
+    namespace: str | None = None,
+    token: str | None = None,
+) -> dict:
+    """A recurring run on a six-field cron schedule (seconds first), one at a time, no catch-up.
+
+    Raises:
+        CirlError: on a cron expression without six fields, or an endpoint that refuses it.
+    """
+    fields = cron.split()
+    if len(fields) != 6:
+        raise CirlError(
+            f"--cron {cron!r} has {len(fields)} fields; KFP wants six, seconds first: "
+            "'0 0 2 * * *' is every day at 02:00"
+        )
+    load_package(package)
+    kfp_client = client(host, namespace, token)
+    experiment_id = _experiment_id(kfp_client, experiment, namespace)
+    try:
+        job = kfp_client.create_recurring_run(
+            experiment_id=experiment_id,
+            job_name=job_name,
+            cron_expression=cron,
+            max_concurrency=1,
+            no_catchup=True,
+            params=dict(arguments),
+            pipeline_package_path=str(package),
+            enabled=True,
+        )
+    except Exception as exc:
+        raise CirlError(
+            f"KFP endpoint refused the schedule ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
+    return {
+        "recurring_run_id": job.recurring_run_id,
+        "experiment_id": experiment_id,
+        "cron": cron,
+        "max_concurrency": 1,
+        "no_catchup": True,
+    }
