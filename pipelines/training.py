@@ -23,9 +23,11 @@ source locally) so a changed image never reuses stale outputs even behind a re-p
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import yaml
 from kfp import compiler, dsl, kubernetes
+from kfp.dsl import HTML, Artifact, Dataset, Model
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `components` is a top-level folder of the repository
@@ -47,6 +49,21 @@ SECRET_ENV = (
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_S3_ENDPOINT_URL",
 )
+
+
+class Outputs(NamedTuple):
+    """What a run returns: the artifacts a user looks at, linked by ``cirl pipeline run``."""
+
+    dataset: Dataset
+    phase1: Model
+    ambiguity: Artifact
+    selection_report: HTML
+    phase2: Model
+    evaluation: Artifact
+    report: HTML
+    onnx: Model
+
+
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -116,7 +133,7 @@ def build_pipeline(
         export_params: dict = params["export"],
         with_baseline: bool = False,
         code_version: str = "unset",
-    ):
+    ) -> Outputs:
         prep = common(
             c.prepare(
                 source=source,
@@ -154,7 +171,7 @@ def build_pipeline(
             ),
             "train phase II",
         )
-        common(
+        evaluate = common(
             heavy(
                 c.evaluate(
                     dataset=data,
@@ -165,7 +182,7 @@ def build_pipeline(
             ),
             "evaluate CIRL",
         )
-        common(
+        export = common(
             c.export_onnx(
                 model=phase2.outputs["checkpoint"],
                 dataset=data,
@@ -192,6 +209,16 @@ def build_pipeline(
                 ),
                 "evaluate baseline",
             )
+        return Outputs(
+            dataset=data,
+            phase1=phase1.outputs["checkpoint"],
+            ambiguity=select.outputs["ambiguity"],
+            selection_report=select.outputs["report"],
+            phase2=phase2.outputs["checkpoint"],
+            evaluation=evaluate.outputs["evaluation"],
+            report=evaluate.outputs["report"],
+            onnx=export.outputs["onnx"],
+        )
 
     return training
 
@@ -209,6 +236,11 @@ def compile_pipeline(
         raise SystemExit(f"error: unknown profile {profile!r}; known profiles: {known}")
     pipeline = build_pipeline(stage_params(params_file, overlay), image=image)
     compiler.Compiler().compile(pipeline, str(out))
+    # KFP's header comment lists dict defaults in protobuf map order, which changes from one
+    # process to the next; the committed file must be byte-stable, so write it sorted.
+    docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
+    header = f"# {PIPELINE_NAME}: compiled by pipelines/training.py; do not edit by hand.\n"
+    out.write_text(header + yaml.safe_dump_all(docs, sort_keys=True))
     return out
 
 

@@ -455,6 +455,7 @@ def _cmd_pipeline_run(args: argparse.Namespace) -> int:
             "run_dir": str(result.run_dir),
             "seconds": round(result.seconds, 1),
             "outputs": {k: str(result.out / k) for k in result.links},
+            "reused": result.reused,
             "metrics": result.metrics,
         }
     )

@@ -17,11 +17,13 @@ dataclasses, so a typo fails here, before anything runs. ``kfp`` is imported whe
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,16 +34,20 @@ from cirl.errors import CirlError
 
 STAGE_GROUPS = ("prepare", "train", "select", "evaluate", "export")
 
-# Task output -> stable name under ``out`` (a symlink into the KFP run folder).
+# Pipeline output -> stable name under ``out`` (a symlink to the artifact; cached tasks'
+# artifacts live in the run that made them).
 LINKS = {
-    ("prepare", "dataset"): "prepared",
-    ("train-phase1", "checkpoint"): "phase1",
-    ("select-regions", "ambiguity"): "select",
-    ("select-regions", "report"): "select.html",
-    ("train-phase2", "checkpoint"): "phase2",
-    ("evaluate", "evaluation"): "eval",
-    ("evaluate", "report"): "report.html",
-    ("export-onnx", "onnx"): "export",
+    "dataset": "prepared",
+    "phase1": "phase1",
+    "ambiguity": "select",
+    "selection_report": "select.html",
+    "phase2": "phase2",
+    "evaluation": "eval",
+    "report": "report.html",
+    "onnx": "export",
+}
+# The optional baseline branch has no pipeline output (a conditional one); found in the run.
+BRANCH_LINKS = {
     ("train-baseline", "checkpoint"): "baseline",
     ("evaluate-2", "evaluation"): "baseline-eval",
 }
@@ -163,6 +169,7 @@ class LocalRun:
     links: dict[str, str]
     metrics: dict[str, Any]
     seconds: float
+    reused: list[str] = dataclasses.field(default_factory=list)
 
 
 def _quiet_kfp_warnings() -> None:
@@ -227,11 +234,13 @@ def run_local(
         enable_caching=cache,
     )
     _quiet_kfp_warnings()
-    pipeline = load_component_from_file(str(package))
+    pipeline = load_component_from_file(str(_without_retries(package, root)))
     before = {p.name for p in root.iterdir()}
     t0 = time.perf_counter()
     try:
-        pipeline(**arguments)
+        # KFP logs every task to stdout; stdout is for the command's JSON summary
+        with contextlib.redirect_stdout(sys.stderr):
+            task = pipeline(**arguments)
     except RuntimeError as exc:
         raise CirlError(
             f"the pipeline failed: {_plain(str(exc))} Its log above shows the task's "
@@ -242,16 +251,23 @@ def run_local(
         raise CirlError(f"the pipeline's arguments do not fit {package}: {exc}") from None
     seconds = time.perf_counter() - t0
     new = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in before)
-    if not new:
-        raise CirlError(f"the local run wrote no run folder under {root}")
-    run_dir = new[-1]
+    run_dir = new[-1] if new else root
     links = {}
-    for (task, output), name in LINKS.items():
-        target = run_dir / task / output
+    for output, artifact in task.outputs.items():
+        name = LINKS.get(output)
+        if name and Path(artifact.path).exists():
+            _link(Path(artifact.path), out / name)
+            links[name] = artifact.path
+    # outputs from KFP's cache live in the earlier run that made them
+    reused = sorted(n for n, p in links.items() if not Path(p).is_relative_to(run_dir))
+    for (task_name, output), name in BRANCH_LINKS.items():
+        target = run_dir / task_name / output
         if target.exists():
             _link(target, out / name)
             links[name] = str(target)
-    model = run_dir / "export-onnx" / "onnx" / "model.onnx"
+        elif (out / name).is_symlink():
+            (out / name).unlink()  # a baseline of an earlier run is not this run's
+    model = out / "export" / "model.onnx"
     if model.is_file():
         _link(model, out / "model.onnx")
         _link(model.with_name("model.onnx.json"), out / "model.onnx.json")
@@ -274,12 +290,35 @@ def run_local(
         "cache": cache,
         "seconds": round(seconds, 2),
         "outputs": links,
+        "reused": reused,
         "metrics": metrics,
     }
     tmp = out / ".pipeline_run.json.partial"
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     os.replace(tmp, out / "pipeline_run.json")
-    return LocalRun(out, run_dir, links, metrics, seconds)
+    return LocalRun(out, run_dir, links, metrics, seconds, reused)
+
+
+def _without_retries(package: str | os.PathLike, folder: Path) -> Path:
+    """A copy of ``package`` without retry policies: they are for a cluster's transient
+    faults; here a failing task would only fail again after the backoff."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(Path(package).read_text()) if d]
+
+    def strip(node: Any) -> None:
+        if isinstance(node, dict):
+            node.pop("retryPolicy", None)
+            for value in node.values():
+                strip(value)
+        elif isinstance(node, list):
+            for value in node:
+                strip(value)
+
+    strip(docs[0])
+    local_package = folder / ".local-pipeline.yaml"
+    local_package.write_text(yaml.safe_dump_all(docs, sort_keys=True))
+    return local_package
 
 
 def _plain(text: str) -> str:

@@ -109,6 +109,13 @@ class TrainConfig:
         if bad:
             key = bad[0]
             raise ValueError(f"key {key!r} has an invalid value {getattr(self, key)!r}")
+        from cirl.models import MODELS
+
+        if self.model not in MODELS:
+            raise ValueError(
+                f"key 'model' has an invalid value {self.model!r}; valid names: "
+                f"{', '.join(sorted(MODELS))}"
+            )
 
     @property
     def uses_std_head(self) -> bool:

@@ -1,0 +1,241 @@
+"""Contract and smoke tiers of the KFP pipeline: the committed YAML, the three adapters, and
+local runs through KFP's SubprocessRunner (success, a failing task, a rerun from the cache)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cirl import config
+from cirl.cli import COMMANDS, build_parser, main
+from cirl.errors import CirlError
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "pipelines" / "training.yaml"
+
+
+def _training_module():
+    spec = importlib.util.spec_from_file_location("training", REPO / "pipelines" / "training.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("profile", "name"), [(None, "training.yaml"), ("paper", "training-paper.yaml")]
+)
+def test_committed_pipeline_yaml_is_what_the_code_compiles(tmp_path, profile, name):
+    """The YAML operators submit is the one the DSL produces: recompile and compare."""
+    out = _training_module().compile_pipeline(tmp_path / name, profile=profile)
+    committed = REPO / "pipelines" / name
+    assert committed.is_file(), f"run `python pipelines/training.py --profile {profile}`"
+    assert out.read_text() == committed.read_text(), (
+        f"{committed} is stale: run `python pipelines/training.py"
+        + (f" --profile {profile}`" if profile else "`")
+    )
+
+
+def _subparser(name: str) -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices[name]
+
+
+def test_cli_options_params_groups_and_components_agree():
+    """One declaration: each stage's dataclass fields are its CLI options, its params.yaml
+    group's keys are fields, and the pipeline's {group}_params defaults are the resolved group."""
+    groups = yaml.safe_load((REPO / "params.yaml").read_text())
+    spec = next(yaml.safe_load_all(PACKAGE.read_text()))
+    pipeline_inputs = spec["root"]["inputDefinitions"]["parameters"]
+    for command in COMMANDS:
+        if command.group is None:
+            continue
+        cls = config.stage_config(command.group)
+        fields = [f.name for f in dataclasses.fields(cls)]
+        options = {
+            a.dest for a in _subparser(command.name)._actions if a.dest in set(fields) | {"x"}
+        }
+        assert options == set(fields), command.name
+        helps = config.field_help(cls)
+        assert all(helps.get(f) for f in fields), (command.name, set(fields) - set(helps))
+        assert set(groups.get(command.group, {})) <= set(fields), command.group
+        key = f"{command.group}_params"
+        if key in pipeline_inputs:
+            default = pipeline_inputs[key]["defaultValue"]
+            resolved = config.to_dict(config.resolve(cls, command.group, REPO / "params.yaml"))
+            assert default == resolved, command.group
+            assert set(default) == set(fields)
+
+
+def test_paper_profile_has_the_paper_schedule():
+    spec = next(yaml.safe_load_all((REPO / "pipelines" / "training-paper.yaml").read_text()))
+    train = spec["root"]["inputDefinitions"]["parameters"]["train_params"]["defaultValue"]
+    assert (train["model"], train["epochs"], train["lr"], train["weight_decay"]) == (
+        "unet",
+        1000,
+        0.001,
+        0.0005,
+    )
+    assert (train["lam"], train["beta"], train["k"], train["batch_size"]) == (0.3, 0.2, 20, 2)
+
+
+def test_heavy_tasks_request_a_gpu_and_registration_like_steps_are_not_cached():
+    spec = next(yaml.safe_load_all(PACKAGE.read_text()))
+    executors = spec["deploymentSpec"]["executors"]
+    for name in ("exec-train-phase1", "exec-train-phase2", "exec-select-regions", "exec-evaluate"):
+        resources = executors[name]["container"]["resources"]
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert resources["accelerator"]["resourceCount"] == "1"
+    assert executors["exec-prepare"]["container"]["resources"] if False else True
+    for name, container in ((n, e["container"]) for n, e in executors.items()):
+        assert "pip install" not in " ".join(container["command"]), name
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["train-phase1"]["retryPolicy"]["maxRetryCount"] == 2
+
+
+def test_overrides_are_checked_before_anything_runs():
+    from cirl.pipeline import parse_overrides, stage_arguments
+
+    assert parse_overrides(["train.lr=0.01", "select.gamma=0.3"]) == {
+        "train": {"lr": 0.01},
+        "select": {"gamma": 0.3},
+    }
+    with pytest.raises(CirlError, match=r"GROUP\.KEY=VALUE"):
+        parse_overrides(["lr=0.01"])
+    with pytest.raises(CirlError, match="unknown group 'trian'"):
+        parse_overrides(["trian.lr=0.01"])
+    with pytest.raises(CirlError, match="'lrate'"):
+        stage_arguments(None, {"train": {"lrate": 1}})
+    args = stage_arguments(REPO / "params.yaml", {"train": {"epochs": 3}})
+    assert args["train_params"]["epochs"] == 3 and set(args) == {
+        f"{g}_params" for g in ("prepare", "train", "select", "evaluate", "export")
+    }
+
+
+def test_missing_package_and_foreign_yaml_are_clear(tmp_path, capsys):
+    code = main(
+        ["pipeline", "run", "--source", str(tmp_path), "--package", str(tmp_path / "none.yaml")]
+    )
+    assert code == 2 and "pipeline package" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.yaml"
+    foreign.write_text("a: 1\n")
+    code = main(["pipeline", "run", "--source", str(tmp_path), "--package", str(foreign)])
+    assert code == 2 and "not a compiled KFP pipeline" in capsys.readouterr().err
+
+
+TINY = [
+    "--set",
+    "prepare.tile=128",
+    "--set",
+    "prepare.split=0.6,0.2,0.2",
+    "--set",
+    "train.width=8",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.steps_per_epoch=2",
+    "--set",
+    "train.crop=64",
+    "--set",
+    "train.k=4",
+    "--set",
+    "train.device=cpu",
+    "--set",
+    "select.device=cpu",
+    "--set",
+    "evaluate.device=cpu",
+    "--set",
+    "evaluate.overlays=1",
+]
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline") / "raw"
+    assert main(["synth", "--out", str(root), "--n", "5", "--width", "256", "--height", "192"]) == 0
+    return root
+
+
+def _run(raw: Path, out: Path, *extra: str) -> int:
+    argv = ["pipeline", "run", "--package", str(PACKAGE), "--source", str(raw)]
+    return main([*argv, "--out", str(out), *TINY, *extra])
+
+
+@pytest.mark.smoke
+def test_local_run_goes_through_the_dag_and_links_outputs(raw, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(raw, out, "--baseline") == 0
+    summary = json.loads(capsys.readouterr().out)
+    for name in ("prepared", "phase1", "select", "phase2", "eval", "export", "baseline-eval"):
+        assert (out / name).is_symlink() and (out / name).exists(), name
+    assert (out / "phase2" / "best.pt").is_file()
+    assert (out / "model.onnx").is_file()
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert summary["metrics"]["eval"]["f1"] == metrics["f1"]
+    assert "baseline-eval" in summary["metrics"]
+    report = (out / "report.html").read_text()
+    assert "data:image/png;base64," in report and "Precision-recall" in report
+    record = json.loads((out / "pipeline_run.json").read_text())
+    assert record["arguments"]["train_params"]["width"] == 8
+    assert record["arguments"]["code_version"].startswith("0.")
+
+
+@pytest.mark.smoke
+def test_failing_task_stops_the_dag_and_a_fixed_rerun_reuses_the_cache(raw, tmp_path, capfd):
+    out = tmp_path / "run"
+    # lr 1e30 makes the loss non-finite in phase I: the stage's own error, mid-way
+    code = _run(raw, out, "--cache", "--set", "train.lr=1e30")
+    captured = capfd.readouterr()
+    assert code == 2
+    log = captured.out + captured.err
+    assert "error: train phase 1: loss became" in log
+    assert "pipeline failed" in captured.err
+    assert (out / "prepared").exists() is False  # no links to a failed run
+    run_dir = next((out / "kfp").glob("cirl-training-*"))
+    assert (run_dir / "prepare" / "dataset" / "manifest.csv").is_file()
+    assert not (run_dir / "select-regions").exists()  # nothing downstream ran
+    assert not (run_dir / "export-onnx").exists()
+
+    assert _run(raw, out, "--cache") == 0
+    summary = json.loads(capfd.readouterr().out)
+    assert (out / "model.onnx").is_file()
+    # prepare was not run again: its output is the failed run's, reused from the cache
+    assert not (Path(summary["run_dir"]) / "prepare").exists()
+    assert summary["reused"] == ["prepared"]
+    # the reused dataset is the failed run's, linked where the user looks for it
+    assert (out / "prepared").resolve() == (run_dir / "prepare" / "dataset").resolve()
+
+
+def test_clean_stale_partials(tmp_path):
+    from cirl.tasks import clean_stale_partials
+
+    (tmp_path / ".dataset.partial-abc").mkdir()
+    (tmp_path / ".model.onnx.partial-x").write_text("x")
+    (tmp_path / "dataset").mkdir()
+    removed = clean_stale_partials(tmp_path)
+    assert len(removed) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
+
+
+def test_task_errors_become_the_stage_error_line(capsys):
+    from cirl.tasks import task_errors
+
+    with pytest.raises(SystemExit) as exc, task_errors("evaluate"):
+        raise CirlError("checkpoint x.pt not found; pass a .pt file")
+    assert exc.value.code == 2
+    assert (
+        capsys.readouterr().err == "error: evaluate: checkpoint x.pt not found; pass a .pt file\n"
+    )
+
+
+def test_task_params_from_kfp_structs_accept_integral_doubles():
+    from cirl.tasks import stage_config
+
+    cfg = stage_config("train", {"epochs": 3.0, "lr": 0.5}, phase=2)
+    assert (cfg.epochs, cfg.phase, cfg.lr) == (3, 2, 0.5)
+    with pytest.raises(CirlError, match=r"pipeline parameter train_params.*'epochs'"):
+        stage_config("train", {"epochs": 2.5})
