@@ -10,7 +10,7 @@ TORCH_PIN := torch==2.13.0
 DATA ?= data
 PARAMS ?= params.yaml
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format clean pipelines
 
 install: $(VENV)/.installed
 
@@ -24,36 +24,33 @@ $(VENV)/.installed: pyproject.toml
 
 RUNS ?= runs/synth
 
-# prepare -> train phase I -> select -> train phase II -> evaluate -> export -> predict,
-# on the synthetic default; predict runs on two unseen synthetic photos (another seed)
+# The main job: make the synthetic default dataset (deterministic), run the KFP pipeline on
+# this machine (KFP's local runner: prepare -> phase I -> select -> phase II -> evaluate ->
+# export), predict on two unseen synthetic photos (another seed) with the exported model,
+# and print where everything is.
 run: install
 	$(BIN)/cirl synth --params $(PARAMS) --out $(DATA)/raw/synth
-	$(BIN)/cirl prepare --params $(PARAMS) --source $(DATA)/raw/synth --format folder \
-		--out $(DATA)/prepared/synth -q
-	$(BIN)/cirl train --params $(PARAMS) --data $(DATA)/prepared/synth --phase 1 \
-		--out $(RUNS)/phase1 -q
-	$(BIN)/cirl select --params $(PARAMS) --data $(DATA)/prepared/synth \
-		--checkpoint $(RUNS)/phase1/last.pt --out $(RUNS)/select -q
-	$(BIN)/cirl train --params $(PARAMS) --data $(DATA)/prepared/synth --phase 2 \
-		--init $(RUNS)/phase1/last.pt --ambiguity $(RUNS)/select --out $(RUNS)/phase2 -q
-	$(BIN)/cirl evaluate --params $(PARAMS) --data $(DATA)/prepared/synth \
-		--checkpoint $(RUNS)/phase2/best.pt --out $(RUNS)/eval -q
-	$(BIN)/cirl export --params $(PARAMS) --checkpoint $(RUNS)/phase2/best.pt \
-		--out $(RUNS)/model.onnx
+	$(BIN)/cirl pipeline run --params $(PARAMS) --source $(DATA)/raw/synth --out $(RUNS)
 	$(BIN)/cirl synth --out $(DATA)/raw/field --n 2 --seed 1000
 	$(BIN)/cirl predict --params $(PARAMS) $(DATA)/raw/field/images \
 		--model $(RUNS)/model.onnx --out $(RUNS)/predict -q
+	$(BIN)/cirl pipeline show --out $(RUNS)
+
+# Recompile the committed pipeline packages after changing pipelines/ or components/.
+pipelines: install
+	$(BIN)/python pipelines/training.py
+	$(BIN)/python pipelines/training.py --profile paper
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks components pipelines
+	$(BIN)/ruff format --check src tests benchmarks components pipelines
 
 test: lint
 	$(BIN)/pytest
 
 format: install
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks components pipelines
+	$(BIN)/ruff check --fix src tests benchmarks components pipelines
 
 clean:
 	rm -rf $(VENV) $(DATA)/raw/synth $(DATA)/raw/field $(DATA)/prepared/synth $(RUNS)

@@ -462,6 +462,13 @@ def _cmd_pipeline_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pipeline_show(args: argparse.Namespace) -> int:
+    from cirl import pipeline
+
+    print(pipeline.summary_text(args.out))
+    return 0
+
+
 def _cmd_pipeline_submit(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -575,6 +582,14 @@ def _add_extra_commands(sub: argparse._SubParsersAction) -> None:
         help="reuse finished tasks of earlier runs with the same inputs and code",
     )
     q.set_defaults(handler=_cmd_pipeline_run)
+
+    q = verbs.add_parser(
+        "show",
+        help="summarise a local run: scores, where the outputs are, how to look at them",
+        description="Print a short summary of OUT/pipeline_run.json and the outputs.",
+    )
+    q.add_argument("--out", default="runs/pipeline", metavar="DIR", help="run folder")
+    q.set_defaults(handler=_cmd_pipeline_show)
 
     for verb, text in (
         ("submit", "start one run on a Kubeflow Pipelines endpoint"),
