@@ -284,7 +284,7 @@ def run_local(
             }
     record = {
         "package": str(package),
-        "run_dir": str(run_dir),
+        "run_dir": str(run_dir.resolve()),
         "arguments": copy.deepcopy(dict(arguments)),
         "runner": runner,
         "cache": cache,
@@ -319,6 +319,47 @@ def _without_retries(package: str | os.PathLike, folder: Path) -> Path:
     local_package = folder / ".local-pipeline.yaml"
     local_package.write_text(yaml.safe_dump_all(docs, sort_keys=True))
     return local_package
+
+
+def summary_text(out: str | os.PathLike) -> str:
+    """A short human summary of a local run folder: scores, where things are, how to look."""
+    out = Path(out)
+    record_path = out / "pipeline_run.json"
+    if not record_path.is_file():
+        raise CirlError(f"{record_path} not found; run `cirl pipeline run --out {out}` first")
+    record = json.loads(record_path.read_text())
+    lines = [f"cirl pipeline run in {out} ({record['seconds']:.0f} s, runner {record['runner']})"]
+    for name, label in (("eval", "CIRL"), ("baseline-eval", "BCE baseline")):
+        scores = record["metrics"].get(name)
+        if not scores:
+            continue
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        ods = scores.get("ods")
+        ods = ods.get("f1") if isinstance(ods, dict) else ods
+        lines.append(
+            f"  {label} on the {metrics.get('split', 'test')} split ({metrics.get('images', '?')} "
+            f"tiles): per-image F1 {scores['f1']:.3f} (P {scores['precision']:.3f}, "
+            f"R {scores['recall']:.3f}), ODS {ods:.3f}, OIS {scores['ois']:.3f}, "
+            f"AP {scores['ap']:.3f}"
+        )
+    where = [
+        ("model.onnx", "deployable model (ONNX, no std head)"),
+        ("phase2", "phase-II checkpoints (best.pt, last.pt, history.json)"),
+        ("eval", "metrics.json, per_image.csv, pr_curve.png, overlays/"),
+        ("report.html", "evaluation report: scores, PR curve, best/worst overlays"),
+        ("select.html", "ambiguous-region selection report"),
+        ("predict", "predictions on unseen photos: masks, overlays, crack measurements"),
+    ]
+    lines.append("  outputs:")
+    for name, text in where:
+        if (out / name).exists():
+            lines.append(f"    {out / name}: {text}")
+    lines.append(f"    {record['run_dir']}: every task's outputs (KFP local run)")
+    lines.append("  look at them:")
+    lines.append(f"    open {out / 'report.html'} in a browser")
+    if (out / "predict").is_dir():
+        lines.append(f"    ls {out / 'predict'}   (NAME_overlay.jpg: cracks in red)")
+    return "\n".join(lines)
 
 
 def _plain(text: str) -> str:
