@@ -211,14 +211,27 @@ def test_failing_task_stops_the_dag_and_a_fixed_rerun_reuses_the_cache(raw, tmp_
     assert (out / "prepared").resolve() == (run_dir / "prepare" / "dataset").resolve()
 
 
-def test_clean_stale_partials(tmp_path):
-    from cirl.tasks import clean_stale_partials
+def test_stale_temporaries_of_killed_runs_are_removed_live_ones_kept(tmp_path):
+    import os
 
-    (tmp_path / ".dataset.partial-abc").mkdir()
-    (tmp_path / ".model.onnx.partial-x").write_text("x")
+    from cirl.staging import clean_stale, staged_dir
+
+    (tmp_path / ".dataset.partial-999999999-abc").mkdir()  # no such process: killed
+    (tmp_path / ".model.onnx.partial-x").write_text("x")  # an old-style name, no pid
+    live = tmp_path / f".dataset.partial-{os.getpid()}-def"  # a run writing right now
+    live.mkdir()
     (tmp_path / "dataset").mkdir()
-    removed = clean_stale_partials(tmp_path)
-    assert len(removed) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
+    removed = clean_stale(tmp_path)
+    assert sorted(p.name for p in removed) == [
+        ".dataset.partial-999999999-abc",
+        ".model.onnx.partial-x",
+    ]
+    assert live.exists() and (tmp_path / "dataset").exists()
+    (tmp_path / ".out.partial-999999999-zz").mkdir()
+    with staged_dir(tmp_path / "out") as tmp:  # the next run of the stage cleans up
+        (tmp / "f").write_text("1")
+    assert not (tmp_path / ".out.partial-999999999-zz").exists()
+    assert (tmp_path / "out" / "f").read_text() == "1"
 
 
 def test_task_errors_become_the_stage_error_line(capsys):

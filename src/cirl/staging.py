@@ -1,7 +1,9 @@
 """Write outputs to a temporary place and move them into place only when complete.
 
 An interrupted or failed run therefore never leaves a half-written output, and a previous
-complete output at the same path survives until the new one is ready.
+complete output at the same path survives until the new one is ready. Temporaries carry the
+writing process's id (``.NAME.partial-PID-*``): a run that was killed leaves one behind, and the
+next run writing NAME removes it (see :func:`clean_stale`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,49 @@ def _writable_parent(final: Path) -> Path:
             "choose an output path in a folder you can write to"
         )
     return parent
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def clean_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove temporary outputs (``.NAME.partial-PID-*``, ``.NAME.old-PID-*``) in ``folder``
+    left by a stage that was killed: those whose process is gone, or that carry no process id.
+
+    Args:
+        folder: where the outputs are written.
+        name: only the temporaries of this output name; None: of every output.
+
+    Returns:
+        The removed paths.
+    """
+    import re
+
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    pattern = re.compile(r"^\.(?P<name>.+)\.(partial|old)-(?:(?P<pid>\d+)-)?")
+    for entry in folder.iterdir():
+        match = pattern.match(entry.name)
+        if not match or (name is not None and match.group("name") != name):
+            continue
+        pid = match.group("pid")
+        if pid is not None and _pid_alive(int(pid)):
+            continue  # another run is writing it right now
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def writable_dir(folder: str | os.PathLike) -> Path:
@@ -64,7 +109,8 @@ def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
             f"output {final} exists and is not a folder; remove it or pick another path"
         )
     parent = _writable_parent(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=parent))
+    clean_stale(parent, final.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=parent))
     try:
         yield tmp
     except BaseException:
@@ -72,7 +118,7 @@ def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
         raise
     old = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-{os.getpid()}-", dir=parent))
         os.rmdir(old)
         os.rename(final, old)
     os.rename(tmp, final)
@@ -92,7 +138,8 @@ def staged_file(final: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final)
     parent = _writable_parent(final)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.partial-", dir=parent)
+    clean_stale(parent, final.name)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=parent)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -19,7 +19,6 @@ import base64
 import html
 import json
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cirl.errors import CirlError
+from cirl.staging import clean_stale
 
 
 class ArtifactLike(Protocol):
@@ -72,26 +72,10 @@ def task_errors(stage: str) -> Iterator[None]:
         raise SystemExit(2) from None
 
 
-def clean_stale_partials(folder: str | os.PathLike) -> list[Path]:
-    """Remove ``.NAME.partial-*`` and ``.NAME.old-*`` leftovers of a killed stage in ``folder``."""
-    folder = Path(folder)
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for entry in folder.iterdir():
-        if entry.name.startswith(".") and (".partial-" in entry.name or ".old-" in entry.name):
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry)
-    return removed
-
-
 def _prepare_output(artifact: ArtifactLike) -> Path:
     path = Path(artifact.path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_partials(path.parent)
+    clean_stale(path.parent)  # temporaries of this task's killed attempt, if any
     return path
 
 
