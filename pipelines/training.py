@@ -12,9 +12,10 @@ or ``cirl pipeline schedule`` (a Kubeflow cluster). The stage parameters are pip
 parameters, one mapping per ``params.yaml`` group, defaulting to the resolved group at compile
 time; each task checks its mapping through the stage's config dataclass.
 
-On a cluster: training, selection and evaluation request ``gpu_count`` NVIDIA GPUs (set 0 for
-CPU nodes) and tolerate the GPU taint; every task reads S3 and MLflow credentials and endpoints
-from the Kubernetes secret ``cirl-credentials`` (keys optional, see docs/cluster.md).
+On a cluster: training, selection and evaluation request ``--gpus`` NVIDIA GPUs (1; 0 compiles
+a CPU-only pipeline) with ``--cpu`` and ``--memory``, and tolerate the GPU taint; every task
+reads S3 and MLflow credentials and endpoints from the Kubernetes secret ``cirl-credentials``
+(keys optional, see docs/cluster.md).
 Caching: KFP caches every task by default, keyed by the image reference as written and the
 inputs. Tasks here take ``code_version`` (the image digest on a cluster, a hash of the package
 source locally) so a changed image never reuses stale outputs even behind a re-pushed tag.
@@ -228,13 +229,18 @@ def compile_pipeline(
     params_file: Path = REPO / "params.yaml",
     profile: str | None = None,
     image: str = components.DEFAULT_IMAGE,
+    cpu: str = "4",
+    memory: str = "16G",
+    gpus: int = 1,
 ) -> Path:
-    """Compile the pipeline to ``out`` (YAML) with the given params file, profile and image."""
+    """Compile the pipeline to ``out`` (YAML) with the given params, profile, image, resources."""
     overlay = REPO / "pipelines" / "profiles" / f"{profile}.yaml" if profile else None
     if overlay is not None and not overlay.is_file():
         known = sorted(p.stem for p in (REPO / "pipelines" / "profiles").glob("*.yaml"))
         raise SystemExit(f"error: unknown profile {profile!r}; known profiles: {known}")
-    pipeline = build_pipeline(stage_params(params_file, overlay), image=image)
+    pipeline = build_pipeline(
+        stage_params(params_file, overlay), image=image, cpu=cpu, memory=memory, gpus=gpus
+    )
     compiler.Compiler().compile(pipeline, str(out))
     # KFP's header comment lists dict defaults in protobuf map order, which changes from one
     # process to the next; the committed file must be byte-stable, so write it sorted.
@@ -250,11 +256,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", help="a pipelines/profiles/NAME.yaml overlay, e.g. paper")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--image", default=components.DEFAULT_IMAGE, help="image of every task")
-    parser.add_argument("--out", type=Path, help="output YAML (default pipelines/training*.yaml)")
+    parser.add_argument("--cpu", default="4", help="CPU request of the heavy tasks (default 4)")
+    parser.add_argument("--memory", default="16G", help="their memory request and limit (16G)")
+    parser.add_argument("--gpus", type=int, default=1, help="their NVIDIA GPUs; 0 = CPU only")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output YAML (default: the committed pipelines/training*.yaml; pass --out for a "
+        "build with another image or resources)",
+    )
     args = parser.parse_args(argv)
     name = "training.yaml" if not args.profile else f"training-{args.profile}.yaml"
     out = args.out or REPO / "pipelines" / name
-    compile_pipeline(out, args.params, args.profile, args.image)
+    compile_pipeline(
+        out, args.params, args.profile, args.image, cpu=args.cpu, memory=args.memory, gpus=args.gpus
+    )
     print(out)
     return 0
 

@@ -415,7 +415,10 @@ def _pipeline_arguments(args: argparse.Namespace) -> dict:
     arguments.update(pipeline.stage_arguments(args.params, pipeline.parse_overrides(args.set)))
     if args.baseline is not None:
         arguments["with_baseline"] = args.baseline
-    arguments["code_version"] = args.code_version or pipeline.code_version()
+    image = getattr(args, "image", None) or ""
+    # on a cluster the image is the code: its digest keys the cache and is what an audit needs
+    digest = image.split("@", 1)[1] if "@sha256:" in image else None
+    arguments["code_version"] = args.code_version or digest or pipeline.code_version()
     return arguments
 
 
@@ -555,7 +558,9 @@ def _add_extra_commands(sub: argparse._SubParsersAction) -> None:
         )
         q.add_argument("--image", help="run every task on this image (a digest on a cluster)")
         q.add_argument(
-            "--code-version", help="recorded code version (default: a hash of the package)"
+            "--code-version",
+            help="recorded code version (default: the --image digest, else a hash of the "
+            "package source)",
         )
 
     q = verbs.add_parser(
