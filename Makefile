@@ -10,7 +10,7 @@ TORCH_PIN := torch==2.13.0
 DATA ?= data
 PARAMS ?= params.yaml
 
-.PHONY: install run test lint format clean pipelines
+.PHONY: install run test lint format clean pipelines image repro
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,15 @@ run: install
 pipelines: install
 	$(BIN)/python pipelines/training.py
 	$(BIN)/python pipelines/training.py --profile paper
+
+# Build the image localhost/cirl:ci (and :latest) and check it inside; as root (docs/container.md).
+image: install
+	bash .ci/image.sh
+
+# The same chain as DVC stages (dvc.yaml); outputs cached and pushed to the DVC remote.
+repro: install
+	$(BIN)/cirl synth --params $(PARAMS) --out data/raw/synth
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks components pipelines

@@ -8,6 +8,10 @@ accuracy check use it, so both engines are exercised by the same code path.
   reads the stride and the model description from the file's metadata (written by
   ``cirl export``) and checks the graph's input and output against the contract.
 * :class:`TorchEngine`: a checkpoint rebuilt through the registry, std head dropped.
+
+A model may also be named by an MLflow registry URI, ``models:/NAME@ALIAS`` or
+``models:/NAME/VERSION`` (ONNX engine): the version's ONNX file is fetched once into a cache
+folder (:func:`cirl.registry.fetch_model`), so deployments refer to an alias, not a file.
 """
 
 from __future__ import annotations
@@ -141,15 +145,35 @@ class TorchEngine:
             return torch.sigmoid(self.model(x).logits.float()).cpu().numpy()
 
 
+def is_registry_uri(model: str | os.PathLike) -> bool:
+    """Whether ``model`` names a registered model (``models:/...``) rather than a file."""
+    return isinstance(model, str) and model.startswith("models:/")
+
+
 def load_engine(
-    model: str | os.PathLike, engine: EngineName = "onnx", threads: int = 0, device: str = "auto"
+    model: str | os.PathLike,
+    engine: EngineName = "onnx",
+    threads: int = 0,
+    device: str = "auto",
+    tracking_uri: str | None = None,
 ) -> Engine:
-    """Open ``model`` with the named engine.
+    """Open ``model`` (a file, or a ``models:/`` URI) with the named engine.
+
+    Args:
+        model: an ``.onnx`` file, a ``.pt`` checkpoint, or ``models:/NAME@ALIAS`` /
+            ``models:/NAME/VERSION`` (ONNX).
+        engine: ``onnx`` or ``torch``.
+        threads: CPU threads of the engine (0 = its default).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        tracking_uri: the registry of a ``models:/`` URI (default ``$MLFLOW_TRACKING_URI``,
+            else ``sqlite:///mlflow.db``).
 
     Raises:
         CirlError: when the file does not suit the engine (an ``.onnx`` file for ``torch`` or a
-            checkpoint for ``onnx``), with the fix.
+            checkpoint for ``onnx``), or a ``models:/`` URI cannot be resolved, with the fix.
     """
+    if is_registry_uri(model):
+        return _load_registered(str(model), engine, threads, device, tracking_uri)
     path = Path(model)
     opened: Engine
     if engine == "onnx":
@@ -188,3 +212,28 @@ def _check_contract(engine: Engine, path: Path) -> None:
             f"{path}: the model returns shape {tuple(out.shape)} for a (2, 3, {side}, {side}) "
             "batch, not probabilities of shape (2, 1, H, W); export it with `cirl export`"
         )
+
+
+def _load_registered(
+    uri: str, engine: str, threads: int, device: str, tracking_uri: str | None
+) -> Engine:
+    """A ``models:/`` URI: fetch the version's ONNX file (cached) and open it."""
+    from cirl.registry import fetch_model
+
+    if engine != "onnx":
+        raise CirlError(
+            f"{uri}: registered models are ONNX models; predict with --engine onnx (the "
+            "checkpoint is an artifact of the version's run, for --engine torch download it)"
+        )
+    fetched = fetch_model(uri, tracking_uri=tracking_uri)
+    opened = OnnxEngine(fetched.path, threads, device)
+    opened.description.update(
+        {
+            "model_uri": uri,
+            "registered_model": fetched.name,
+            "registered_version": fetched.version,
+            "run_id": fetched.run_id,
+        }
+    )
+    _check_contract(opened, fetched.path)
+    return opened

@@ -45,6 +45,7 @@ class EvaluateConfig:
         thresholds: number of thresholds of the ODS/OIS/AP sweep (k / (n + 1)).
         overlays: best and worst images to draw.
         device: ``auto``, ``cpu`` or ``cuda``.
+        verify_data: check the split's files against the manifest's SHA-256 first.
     """
 
     split: Literal["train", "val", "test"] = "test"
@@ -54,6 +55,7 @@ class EvaluateConfig:
     thresholds: int = 99
     overlays: int = 4
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    verify_data: bool = True
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "val", "test"):
@@ -97,7 +99,8 @@ def run(
         The content of ``metrics.json``.
 
     Raises:
-        CirlError: on a missing or foreign checkpoint, or a split with no tiles.
+        CirlError: on a missing or foreign checkpoint, a split with no tiles, or a file of the
+            split that differs from the manifest (``verify_data``).
     """
     from cirl.checkpoint import build_from_checkpoint, file_sha256, load_checkpoint
     from cirl.data.tiles import TileDataset
@@ -111,6 +114,10 @@ def run(
     device = resolve_device(cfg.device)
     model = build_from_checkpoint(payload, std_head=False).to(device).eval()
     dataset = TileDataset(data, cfg.split)
+    if cfg.verify_data:
+        from cirl.data.manifest import verify_files
+
+        verify_files(data, dataset.records)
     metrics = SegmentationMetrics(cfg.threshold, cfg.thresholds, 0.0, cfg.empty_f1)
     tolerant = (
         SegmentationMetrics(cfg.threshold, cfg.thresholds, float(cfg.tolerance), cfg.empty_f1)

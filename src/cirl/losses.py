@@ -148,7 +148,12 @@ def _ci_one_image(prob: torch.Tensor, features: torch.Tensor, k: int) -> torch.T
     count = prob.shape[0]
     pairs = torch.stack([1.0 - prob, prob], dim=1)  # (S, 2): p_m = [1 - p, p]
     neighbours = nearest_neighbours(features, k)  # (S, K), no gradient
-    near_sum = pairs[neighbours].sum(dim=1)  # (S, 2): sum over C_m of p_n
+    # index_select, not pairs[neighbours]: the backward of advanced indexing is index_put_ with
+    # accumulate=True, which on a multi-threaded CPU adds the S * K gradients of repeated
+    # neighbours with float atomics in a varying order (run-to-run different weights once
+    # S * K * 2 >= 32768); index_select's backward (index_add_) sums in index order.
+    near = pairs.index_select(0, neighbours.reshape(-1)).view(count, k, 2)
+    near_sum = near.sum(dim=1)  # (S, 2): sum over C_m of p_n
     rest_sum = pairs.sum(dim=0, keepdim=True) - near_sum - pairs  # sum over O_m of p_k
     attract = (pairs * near_sum).sum(dim=1)
     repel = (pairs * rest_sum).sum(dim=1)
@@ -209,8 +214,9 @@ def ci_loss(
         if index.numel() > max_pixels:
             pick = torch.randperm(index.numel(), generator=generator)[:max_pixels]
             index = index[pick.to(index.device)]
-        p = prob[n, 0].reshape(-1)[index]
-        f = features[n].reshape(features.shape[1], -1)[:, index].T
+        # index_select for the same reason as in _ci_one_image (deterministic backward)
+        p = prob[n, 0].reshape(-1).index_select(0, index)
+        f = features[n].detach().reshape(features.shape[1], -1).index_select(1, index).T
         losses.append(_ci_one_image(p, f, k))
     if not losses:
         return prob.sum() * 0.0

@@ -224,7 +224,9 @@ def run_local(
     elif runner == "docker":
         from cirl.container_runner import docker_runner
 
-        kfp_runner = docker_runner()
+        source = str(arguments.get("source", ""))
+        # KFP mounts only the pipeline root: a local source folder is mounted read-only
+        kfp_runner = docker_runner(read_only=[source] if source and "://" not in source else [])
     else:
         raise CirlError(f"unknown runner {runner!r}; use subprocess or docker")
     local.init(

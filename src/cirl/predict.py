@@ -360,15 +360,19 @@ def run(
     model: str | os.PathLike,
     out: str | os.PathLike,
     progress: bool = True,
+    tracking_uri: str | None = None,
 ) -> PredictResult:
     """Predict every photo of ``inputs`` with ``model`` and write the outputs to ``out``.
 
     Args:
         cfg: the stage's parameters.
         inputs: a photo or a folder of photos.
-        model: an ``.onnx`` file (``engine: onnx``) or a ``.pt`` checkpoint (``engine: torch``).
+        model: an ``.onnx`` file (``engine: onnx``), a ``.pt`` checkpoint (``engine: torch``),
+            or a registered model ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` (ONNX).
         out: the output folder (created; existing outputs of the same names are replaced).
         progress: show a progress bar.
+        tracking_uri: the registry of a ``models:/`` model (default ``$MLFLOW_TRACKING_URI``,
+            else ``sqlite:///mlflow.db`` in the working directory).
 
     Returns:
         The photos done and the ones that failed, with reasons.
@@ -380,7 +384,7 @@ def run(
     from cirl.engine import load_engine
 
     files = list_inputs(Path(inputs))
-    engine = load_engine(model, cfg.engine, cfg.threads, cfg.device)
+    engine = load_engine(model, cfg.engine, cfg.threads, cfg.device, tracking_uri)
     if cfg.tile % engine.stride:
         raise CirlError(
             f"tile {cfg.tile} is not a multiple of the model's stride {engine.stride}; "

@@ -22,6 +22,7 @@ import numpy as np
 
 from cirl import __version__
 from cirl.config import to_dict
+from cirl.data import remote
 from cirl.data.images import encode_png
 from cirl.data.manifest import TileRecord, manifest_text
 from cirl.data.sources import Skip, Source, list_sources, load_source
@@ -212,7 +213,8 @@ def run(
 
     Args:
         cfg: the stage's parameters.
-        source: the raw dataset folder.
+        source: the raw dataset folder, or ``s3://bucket/prefix`` (downloaded first; endpoint
+            and credentials from the ``AWS_*`` environment, see :mod:`cirl.data.remote`).
         fmt: its layout: ``folder``, ``cfd`` or ``drive``.
         out: the prepared folder to (re)create: ``images/``, ``masks/``, ``valid/`` (only for
             tiles with invalid pixels), ``manifest.csv``, ``dataset_card.json``.
@@ -224,7 +226,20 @@ def run(
     Raises:
         CirlError: bad input that cannot be skipped, or any skip under ``cfg.strict``.
     """
-    source, out = Path(source), Path(out)
+    if remote.is_s3_uri(source):
+        with remote.fetched(str(source)) as fetched:
+            return _run(cfg, fetched.root, fmt, Path(out), progress, fetched)
+    return _run(cfg, Path(source), fmt, Path(out), progress, None)
+
+
+def _run(
+    cfg: PrepareConfig,
+    source: Path,
+    fmt: str,
+    out: Path,
+    progress: bool,
+    fetched: remote.FetchedDataset | None,
+) -> PrepareResult:
     ratios = parse_ratios(cfg.split)
     listing = list_sources(source, fmt)
     skipped = list(listing.skipped)
@@ -287,6 +302,7 @@ def run(
             warnings,
             listing.notes + split_notes,
             text,
+            fetched,
         )
         (tmp / "dataset_card.json").write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return PrepareResult(out, card["tiles"], card["photos"], skipped, warnings)
@@ -303,6 +319,7 @@ def _card(
     warnings: list[str],
     notes: list[str],
     manifest: str,
+    fetched: remote.FetchedDataset | None = None,
 ) -> dict:
     """The dataset card: what is in the prepared folder and how it was made."""
     tiles = Counter(r.split for r in records)
@@ -317,7 +334,9 @@ def _card(
     order = ("train", "val", "test")
     return {
         "cirl_version": __version__,
-        "source": str(source),
+        "source": fetched.uri if fetched else str(source),
+        # where remote raw data came from, with every object's key and ETag (traceability)
+        "source_remote": fetched.card() if fetched else None,
         "format": fmt,
         "params": to_dict(cfg),
         "photos": {s: photos.get(s, 0) for s in order},

@@ -62,6 +62,7 @@ class SelectConfig:
         split: the split to select on (``train``).
         overview: number of tiles in ``overview.png``.
         device: ``auto``, ``cpu`` or ``cuda``.
+        verify_data: check the split's files against the manifest's SHA-256 first.
     """
 
     gamma: float = 0.4
@@ -70,6 +71,7 @@ class SelectConfig:
     split: Literal["train", "val", "test"] = "train"
     overview: int = 4
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    verify_data: bool = True
 
     def __post_init__(self) -> None:
         if self.gamma <= 0:
@@ -178,7 +180,8 @@ def run(
     """Write the ambiguity maps of every tile of ``cfg.split`` (see the module docstring).
 
     Raises:
-        CirlError: when the checkpoint has no std head (it must come from phase I).
+        CirlError: when the checkpoint has no std head (it must come from phase I), or a file of
+            the split differs from the manifest (``verify_data``).
     """
     from cirl.data.tiles import TileDataset
     from cirl.inference import predict_prob
@@ -195,6 +198,10 @@ def run(
     device = resolve_device(cfg.device)
     model = build_from_checkpoint(payload).to(device).eval()
     dataset = TileDataset(data, cfg.split)
+    if cfg.verify_data:
+        from cirl.data.manifest import verify_files
+
+        verify_files(data, dataset.records)
     edges = np.linspace(-LOG_VAR_CLAMP, LOG_VAR_CLAMP, _HIST_BINS + 1)
     hist = np.zeros(_HIST_BINS, np.int64)
 

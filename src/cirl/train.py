@@ -10,16 +10,25 @@ paper's defaults. A checkpoint (``last.pt``) is written atomically after every e
 ``best.pt`` whenever the validation F1 (per-image mean at 0.5) improves; the test split is never
 looked at. ``resume`` continues from ``last.pt`` exactly: the data order and augmentation of an
 epoch depend only on the seed and the epoch.
+
+Runs are reproducible bit for bit on the same machine and thread count: every random stream is
+seeded from ``(seed, epoch, purpose)``, and on CPU the loop runs under
+``torch.use_deterministic_algorithms(True, warn_only=True)`` (restored afterwards), which makes
+the CPU ops that add with float atomics (``index_put_`` with ``accumulate=True``, the backward
+of advanced indexing) add in a fixed order and warns about any op without a deterministic
+implementation. Before training, the train and val files are checked against the manifest's
+SHA-256 (``verify_data``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -62,6 +71,8 @@ class TrainConfig:
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         amp: mixed precision on CUDA (ignored on CPU).
         val_every: validate every N epochs (and at the last one).
+        verify_data: check the train and val files against the manifest's SHA-256 before
+            training (read once each; off only for data you trust and changed on purpose).
     """
 
     model: str = "unet-small"
@@ -85,6 +96,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     val_every: int = 1
+    verify_data: bool = True
 
     def __post_init__(self) -> None:
         checks = {
@@ -228,6 +240,27 @@ def _generator(seed: int) -> torch.Generator:
     return generator
 
 
+@contextlib.contextmanager
+def deterministic_algorithms(device: torch.device) -> Iterator[None]:
+    """On CPU, run the block with ``torch.use_deterministic_algorithms(True, warn_only=True)``.
+
+    The previous setting is restored on exit. Off the CPU nothing changes (CUDA's deterministic
+    mode needs ``CUBLAS_WORKSPACE_CONFIG`` set before start-up and slows several kernels).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def _write_json(path: Path, payload) -> None:
     with staged_file(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
@@ -257,7 +290,8 @@ def run(
             (how tracking layers such as MLflow see training without this module importing them).
 
     Raises:
-        CirlError: on missing inputs, a non-finite loss (the last good checkpoint is kept), or a
+        CirlError: on missing inputs, a train or val file that differs from the manifest
+            (``verify_data``), a non-finite loss (the last good checkpoint is kept), or a
             resume whose stored config differs from ``cfg``.
     """
     from cirl.data.tiles import TileDataset
@@ -275,7 +309,13 @@ def run(
     train_set = TileDataset(
         data, "train", crop=cfg.crop, augment=True, ambiguity=ambiguity, seed=cfg.seed
     )
-    TileDataset(data, "val")  # fail early, with a clear message, when there is no val split
+    val_set = TileDataset(data, "val")  # fail early, with a clear message, when there is none
+    if cfg.verify_data:
+        from cirl.data.manifest import verify_files
+
+        t0 = time.perf_counter()
+        files = verify_files(data, train_set.records + val_set.records)
+        log.info("verified %d files in %.2f s", files, time.perf_counter() - t0)
     model = _new_model(cfg)
     from cirl.checkpoint import file_sha256
 
@@ -328,98 +368,100 @@ def run(
     _write_json(out / "config.json", {"train": to_dict(cfg), **provenance})
 
     steps = cfg.steps_per_epoch or math.ceil(len(train_set) / cfg.batch_size)
-    for epoch in range(start_epoch, cfg.epochs):
-        train_set.set_epoch(epoch)
-        sampler = torch.utils.data.RandomSampler(
-            train_set,
-            replacement=True,
-            num_samples=steps * cfg.batch_size,
-            generator=_generator(_mix(cfg.seed, epoch, 1)),
-        )
-        loader = DataLoader(
-            train_set,
-            batch_size=cfg.batch_size,
-            sampler=sampler,
-            num_workers=cfg.workers,
-            drop_last=True,
-            persistent_workers=False,
-            pin_memory=device.type == "cuda",
-        )
-        ci_generator = _generator(_mix(cfg.seed, epoch, 2))
-        torch.manual_seed(_mix(cfg.seed, epoch, 3))
-        model.train()
-        sums: dict[str, float] = {}
-        seen, t0 = 0, time.perf_counter()
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False
+    with deterministic_algorithms(device):
+        for epoch in range(start_epoch, cfg.epochs):
+            train_set.set_epoch(epoch)
+            sampler = torch.utils.data.RandomSampler(
+                train_set,
+                replacement=True,
+                num_samples=steps * cfg.batch_size,
+                generator=_generator(_mix(cfg.seed, epoch, 1)),
             )
-        for step, batch in enumerate(loader):
-            batch = {
-                k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                for k, v in batch.items()
-            }
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                output = model(batch["image"])
-            loss, parts = compute_loss(cfg, output, batch, ci_generator)
-            if not torch.isfinite(loss):
-                kept = (
-                    f"the last good checkpoint is {last_path}"
-                    if last_path.exists()
-                    else "no checkpoint was written"
+            loader = DataLoader(
+                train_set,
+                batch_size=cfg.batch_size,
+                sampler=sampler,
+                num_workers=cfg.workers,
+                drop_last=True,
+                persistent_workers=False,
+                pin_memory=device.type == "cuda",
+            )
+            ci_generator = _generator(_mix(cfg.seed, epoch, 2))
+            torch.manual_seed(_mix(cfg.seed, epoch, 3))
+            model.train()
+            sums: dict[str, float] = {}
+            seen, t0 = 0, time.perf_counter()
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(
+                    total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False
                 )
-                raise CirlError(
-                    f"loss became {float(loss.detach())} at epoch {epoch + 1} step {step + 1} "
-                    f"({parts}); {kept}. Lower --lr, check the data, or resume from the checkpoint"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            seen += batch["image"].shape[0]
-            for key, value in {"loss": float(loss.detach()), **parts}.items():
-                sums[key] = sums.get(key, 0.0) + value
+            for step, batch in enumerate(loader):
+                batch = {
+                    k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                    for k, v in batch.items()
+                }
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    output = model(batch["image"])
+                loss, parts = compute_loss(cfg, output, batch, ci_generator)
+                if not torch.isfinite(loss):
+                    kept = (
+                        f"the last good checkpoint is {last_path}"
+                        if last_path.exists()
+                        else "no checkpoint was written"
+                    )
+                    raise CirlError(
+                        f"loss became {float(loss.detach())} at epoch {epoch + 1} "
+                        f"step {step + 1} ({parts}); {kept}. Lower --lr, check the data, or "
+                        "resume from the checkpoint"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                seen += batch["image"].shape[0]
+                for key, value in {"loss": float(loss.detach()), **parts}.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{sums['loss'] / (step + 1):.4f}",
+                        img_s=f"{seen / (time.perf_counter() - t0):.1f}",
+                    )
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{sums['loss'] / (step + 1):.4f}",
-                    img_s=f"{seen / (time.perf_counter() - t0):.1f}",
-                )
-        if bar is not None:
-            bar.close()
-        seconds = time.perf_counter() - t0
-        record = {
-            "epoch": epoch + 1,
-            **{k: v / steps for k, v in sums.items()},
-            "seconds": seconds,
-            "images_per_s": seen / seconds,
-        }
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-            record["val"] = validate(model, data, device)
-        history.append(record)
-        log.info("epoch %d: %s", epoch + 1, record)
-        improved = "val" in record and record["val"]["f1"] > best_f1
-        if improved:
-            best_f1, best_epoch = record["val"]["f1"], epoch + 1
-        payload = {
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "model_config": dict(model.config),
-            "config": to_dict(cfg),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "history": history,
-            "best_val_f1": best_f1,
-            "best_epoch": best_epoch,
-            "provenance": provenance,
-        }
-        # best first: an interruption between the two writes redoes this epoch identically
-        if improved:
-            save_checkpoint(best_path, payload)
-        save_checkpoint(last_path, payload)
-        _write_json(out / "history.json", history)
-        if on_epoch is not None:
-            on_epoch(record)
+                bar.close()
+            seconds = time.perf_counter() - t0
+            record = {
+                "epoch": epoch + 1,
+                **{k: v / steps for k, v in sums.items()},
+                "seconds": seconds,
+                "images_per_s": seen / seconds,
+            }
+            if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+                record["val"] = validate(model, data, device)
+            history.append(record)
+            log.info("epoch %d: %s", epoch + 1, record)
+            improved = "val" in record and record["val"]["f1"] > best_f1
+            if improved:
+                best_f1, best_epoch = record["val"]["f1"], epoch + 1
+            payload = {
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "model_config": dict(model.config),
+                "config": to_dict(cfg),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "best_val_f1": best_f1,
+                "best_epoch": best_epoch,
+                "provenance": provenance,
+            }
+            # best first: an interruption between the two writes redoes this epoch identically
+            if improved:
+                save_checkpoint(best_path, payload)
+            save_checkpoint(last_path, payload)
+            _write_json(out / "history.json", history)
+            if on_epoch is not None:
+                on_epoch(record)
     return TrainResult(out, best_path, last_path, best_epoch, best_f1, history)

@@ -17,6 +17,12 @@ tile):
 ``crack_fraction``      crack pixels / valid pixels
 ``image_sha256`` ...    SHA-256 of the image, mask and valid-region files (empty if no file)
 ======================  =====================================================================
+
+Reading is guarded twice. :func:`read_manifest` refuses file paths that are absolute or that
+resolve (after ``..`` and symlinks) outside the manifest's folder, so a manifest cannot make a
+stage open files elsewhere. :func:`verify_files` checks the files of the splits a run reads
+against the SHA-256 columns, so a tile changed after ``cirl prepare`` is caught before it is
+used (train, select and evaluate call it unless ``verify_data`` is off).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -55,6 +62,8 @@ class TileRecord:
 
 
 COLUMNS = tuple(f.name for f in fields(TileRecord))
+FILE_COLUMNS = ("image", "mask", "valid")
+"""Columns holding file paths relative to the prepared folder (``valid`` may be empty)."""
 _INTS = {"x0", "y0", "x1", "y1", "tile_width", "tile_height"}
 _FLOATS = {"valid_fraction", "crack_fraction"}
 
@@ -74,11 +83,42 @@ def manifest_text(records: list[TileRecord]) -> str:
     return buf.getvalue()
 
 
+def _check_confined(path: Path, root: Path, number: int, record: TileRecord) -> None:
+    """Refuse a row whose file paths are absolute or resolve outside ``root`` (resolved)."""
+    fix = (
+        "manifest paths must be relative paths inside the prepared folder; re-run "
+        "`cirl prepare` to rewrite it, or correct the row"
+    )
+    where = f"{path}:{number} (tile {record.tile_id!r})"
+    for column in FILE_COLUMNS:
+        value = getattr(record, column)
+        if not value:
+            if column != "valid":
+                raise CirlError(f"{where}: empty {column!r} path; {fix}")
+            continue
+        if os.path.isabs(value) or Path(value).is_absolute():
+            raise CirlError(f"{where}: {column!r} path {value!r} is absolute; {fix}")
+        resolved = (path.parent / value).resolve()
+        if not resolved.is_relative_to(root):
+            raise CirlError(
+                f"{where}: {column!r} path {value!r} resolves to {resolved}, outside the "
+                f"prepared folder {root} (through '..' or a symlink); {fix}"
+            )
+
+
 def read_manifest(path: str | os.PathLike) -> list[TileRecord]:
     """Read ``manifest.csv`` back into records.
 
+    Every row's ``image``, ``mask`` and ``valid`` paths are checked to stay inside the folder
+    of the manifest once ``..`` and symlinks are resolved (no absolute paths).
+
+    Args:
+        path: ``manifest.csv`` or the prepared folder holding it.
+
     Raises:
-        CirlError: naming the file when it is missing or its columns are not the expected ones.
+        CirlError: naming the file when it is missing or its columns are not the expected ones;
+            naming the file, line and tile when a row is malformed or a path leads outside
+            the folder.
     """
     path = Path(path)
     if path.is_dir():
@@ -93,13 +133,71 @@ def read_manifest(path: str | os.PathLike) -> list[TileRecord]:
             f"{path}: unexpected columns {reader.fieldnames}; expected {list(COLUMNS)} "
             "(re-run `cirl prepare` with this version of cirl)"
         )
+    root = path.parent.resolve()
     records = []
     for number, row in enumerate(reader, start=2):
         try:
             values = {
                 k: int(v) if k in _INTS else float(v) if k in _FLOATS else v for k, v in row.items()
             }
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise CirlError(f"{path}:{number}: malformed row ({exc})") from None
-        records.append(TileRecord(**values))
+        record = TileRecord(**values)
+        _check_confined(path, root, number, record)
+        records.append(record)
     return records
+
+
+def verify_files(
+    folder: str | os.PathLike,
+    records: Iterable[TileRecord],
+    split: str | Iterable[str] | None = None,
+) -> int:
+    """Check the files of ``records`` against the manifest's SHA-256 columns.
+
+    Each file is read once, in 1 MiB blocks. Use it on records from :func:`read_manifest`
+    (whose paths are confined to ``folder``).
+
+    Args:
+        folder: the prepared folder the records' paths are relative to.
+        records: manifest rows, e.g. ``read_manifest(folder)``.
+        split: only rows of this split (or these splits); None checks every row.
+
+    Returns:
+        The number of files checked.
+
+    Raises:
+        CirlError: naming the file, its tile, the expected and the actual SHA-256 (or that it
+            is missing) and the fix: restore the data or re-run ``cirl prepare``.
+    """
+    from cirl.checkpoint import file_sha256
+
+    folder = Path(folder)
+    splits = None if split is None else {split} if isinstance(split, str) else set(split)
+    fix = (
+        "the prepared data changed after `cirl prepare`: restore the original files "
+        f"(e.g. from the data remote) or re-run `cirl prepare` to rewrite {folder}"
+    )
+    checked = 0
+    for record in records:
+        if splits is not None and record.split not in splits:
+            continue
+        for column in FILE_COLUMNS:
+            name = getattr(record, column)
+            if not name:
+                continue
+            file, expected = folder / name, getattr(record, f"{column}_sha256")
+            try:
+                actual = file_sha256(file)
+            except OSError as exc:
+                raise CirlError(
+                    f"{file}: cannot read the {column} of tile {record.tile_id!r} "
+                    f"({exc.strerror or exc}); {fix}"
+                ) from None
+            if actual != expected:
+                raise CirlError(
+                    f"{file}: SHA-256 mismatch for the {column} of tile {record.tile_id!r}: "
+                    f"the manifest expects {expected or '(none)'}, the file has {actual}; {fix}"
+                )
+            checked += 1
+    return checked

@@ -1,0 +1,187 @@
+"""Reproducibility: the same inputs and seed give bit-identical outputs, in one process and
+across processes (another ``PYTHONHASHSEED``), for phase I, select, phase II and evaluate.
+
+Phase II runs on ambiguity maps that mark every valid pixel, so its CI loss sees 2048 pixels
+per image with K = 20 neighbours: enough (S * K * 2 >= 32768) for PyTorch's multi-threaded CPU
+accumulate path, whose float atomics once made phase II differ from run to run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cirl.checkpoint import load_checkpoint
+from cirl.data.manifest import read_manifest
+
+pytestmark = pytest.mark.smoke
+
+TRAIN = {
+    "model": "unet-small",
+    "width": 8,
+    "epochs": 1,
+    "steps_per_epoch": 2,
+    "batch_size": 2,
+    "crop": 64,
+    "k": 20,
+    "max_pixels": 2048,
+    "device": "cpu",
+    "seed": 3,
+}
+# Numbers of a history record that are timings, not results.
+TIMINGS = {"seconds", "images_per_s"}
+
+
+def run_chain(data: Path, ambiguity: Path, out: Path) -> None:
+    """Phase I -> select -> phase II (on ``ambiguity``) -> evaluate, all into ``out``."""
+    from cirl import evaluate, selection, train
+
+    train.run(train.TrainConfig(**TRAIN, phase=1), data, out / "p1", progress=False)
+    selection.run(
+        selection.SelectConfig(fraction=0.5, device="cpu"),
+        data,
+        out / "p1" / "best.pt",
+        out / "sel",
+        progress=False,
+    )
+    train.run(
+        train.TrainConfig(**TRAIN, phase=2),
+        data,
+        out / "p2",
+        init=out / "p1" / "best.pt",
+        ambiguity=ambiguity,
+        progress=False,
+    )
+    evaluate.run(
+        evaluate.EvaluateConfig(device="cpu", overlays=1),
+        data,
+        out / "p2" / "last.pt",
+        out / "eval",
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny prepared folder and an ambiguity folder marking every pixel of its train tiles."""
+    from cirl.prepare import PrepareConfig
+    from cirl.prepare import run as prepare
+    from cirl.synth import SynthConfig
+    from cirl.synth import run as synth
+
+    root = tmp_path_factory.mktemp("determinism")
+    synth(SynthConfig(n=4, width=256, height=192), root / "raw")
+    prepare(PrepareConfig(tile=128, split=(0.5, 0.25, 0.25)), root / "raw", "folder", root / "prep")
+    ambiguity = root / "all_ambiguous"
+    (ambiguity / "ambiguous").mkdir(parents=True)
+    for record in read_manifest(root / "prep"):
+        full = np.full((record.tile_height, record.tile_width), 255, np.uint8)
+        assert cv2.imwrite(str(ambiguity / "ambiguous" / f"{record.tile_id}.png"), full)
+    return root / "prep", ambiguity
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    one, two = load_checkpoint(a), load_checkpoint(b)
+    assert one["model"].keys() == two["model"].keys()
+    differ = [k for k in one["model"] if not torch.equal(one["model"][k], two["model"][k])]
+    assert not differ, f"{a} and {b} differ in {differ[:5]}"
+    strip = [{k: v for k, v in h.items() if k not in TIMINGS} for h in one["history"]]
+    assert strip == [{k: v for k, v in h.items() if k not in TIMINGS} for h in two["history"]]
+
+
+def _same_files(a: Path, b: Path, names: list[str]) -> None:
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    """Every result of two :func:`run_chain` folders is identical (paths and timings aside)."""
+    for phase in ("p1", "p2"):
+        _same_weights(a / phase / "best.pt", b / phase / "best.pt")
+        _same_weights(a / phase / "last.pt", b / phase / "last.pt")
+    maps = [n for n in _tree(a / "sel") if n.startswith(("ambiguous", "log_variance"))]
+    assert maps and _tree(a / "sel") == _tree(b / "sel")
+    _same_files(a / "sel", b / "sel", [*maps, "selection.csv", "overview.png"])
+    # the checkpoint's path and hash differ (its history holds timings); the rest may not
+    path_free = {"checkpoint", "checkpoint_sha256"}
+    summaries = [json.loads((x / "sel" / "summary.json").read_text()) for x in (a, b)]
+    assert [{k: v for k, v in s.items() if k not in path_free} for s in summaries] == [
+        {k: v for k, v in summaries[1].items() if k not in path_free}
+    ] * 2
+    _same_files(a / "eval", b / "eval", ["per_image.csv", "pr_curve.csv"])
+    metrics = [json.loads((x / "eval" / "metrics.json").read_text()) for x in (a, b)]
+    for m in metrics:
+        m.pop("provenance")
+    assert metrics[0] == metrics[1]
+
+
+def test_ci_loss_gradient_is_bitwise_repeatable():
+    """2304 pixels x K = 20: large enough for the multi-threaded accumulate of indexing."""
+    from cirl.losses import ci_loss
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 48, 48, generator=generator)
+    features = torch.randn(2, 8, 48, 48, generator=generator)
+    ambiguous = torch.ones(2, 1, 48, 48, dtype=torch.bool)
+    grads = []
+    for _ in range(4):
+        x = logits.clone().requires_grad_()
+        ci_loss(torch.sigmoid(x), features, ambiguous, k=20, max_pixels=4096).backward()
+        grads.append(x.grad)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+def test_chain_is_identical_twice_in_one_process(inputs, tmp_path):
+    data, ambiguity = inputs
+    run_chain(data, ambiguity, tmp_path / "a")
+    run_chain(data, ambiguity, tmp_path / "b")
+    assert_same_outputs(tmp_path / "a", tmp_path / "b")
+
+
+def test_chain_is_identical_in_two_processes(inputs, tmp_path):
+    data, ambiguity = inputs
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+        "from test_determinism import run_chain; "
+        "run_chain(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))"
+    )
+    here = str(Path(__file__).parent)
+    for name, hash_seed in (("a", "1"), ("b", "2")):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run(
+            [sys.executable, "-c", code, here, str(data), str(ambiguity), str(tmp_path / name)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_outputs(tmp_path / "a", tmp_path / "b")
+
+
+def test_training_runs_in_deterministic_mode_and_restores_the_setting(inputs, tmp_path):
+    from cirl import train
+
+    seen = []
+    assert not torch.are_deterministic_algorithms_enabled()
+    train.run(
+        train.TrainConfig(**{**TRAIN, "loss": "bce", "steps_per_epoch": 1}),
+        inputs[0],
+        tmp_path / "bce",
+        progress=False,
+        on_epoch=lambda record: seen.append(torch.are_deterministic_algorithms_enabled()),
+    )
+    assert seen == [True]
+    assert not torch.are_deterministic_algorithms_enabled()
