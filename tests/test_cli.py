@@ -9,7 +9,18 @@ import pytest
 from cirl.cli import build_parser, main
 from conftest import write_pair
 
-SUBCOMMANDS = ["evaluate", "export", "pipeline", "predict", "prepare", "select", "synth", "train"]
+SUBCOMMANDS = [
+    "evaluate",
+    "export",
+    "pipeline",
+    "predict",
+    "prepare",
+    "promote",
+    "register",
+    "select",
+    "synth",
+    "train",
+]
 
 
 def test_every_subcommand_has_help(capsys):

@@ -539,3 +539,47 @@ def test_server_down_fails_fast_naming_the_uri(model, client_env):
         registry.register(registry.RegisterConfig(), model["onnx"], model["eval"], None, cfg)
     assert time.perf_counter() - t0 < 3.0
     assert down in str(caught.value) and "MLFLOW_TRACKING_URI" in str(caught.value)
+
+
+def test_register_promote_and_predict_through_the_command_line(model, store, tmp_path, capsys):
+    """The commands a user runs: register, promote, then predict by alias."""
+    import json
+
+    from cirl.cli import main
+
+    uri = ["--tracking-uri", store.tracking_uri]
+    code = main(
+        [
+            "register",
+            "--model",
+            str(model["onnx"]),
+            "--evaluation",
+            str(model["eval"]),
+            "--checkpoint",
+            str(model["checkpoint"]),
+            "--name",
+            "cli-crack",
+            *uri,
+        ]
+    )
+    assert code == 0
+    assert '"model_uri": "models:/cli-crack/1"' in capsys.readouterr().out
+    assert main(["promote", "--version", "1", "--name", "cli-crack", *uri]) == 0
+    promotion = json.loads(capsys.readouterr().out)
+    assert promotion["alias"] == "champion" and promotion["moved"] is True
+    code = main(
+        [
+            "predict",
+            str(model["photos"]),
+            "--model",
+            "models:/cli-crack@champion",
+            "--out",
+            str(tmp_path / "pred"),
+            "-q",
+            *uri,
+        ]
+    )
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["done"] == 1
+    assert main(["promote", "--version", "7", "--name", "cli-crack", *uri]) == 2
+    assert "error:" in capsys.readouterr().err

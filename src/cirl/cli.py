@@ -49,6 +49,7 @@ class Command:
     group: str | None = None
     args: tuple[Arg, ...] = ()
     quiet: bool = True
+    extra_groups: tuple[str, ...] = ()
 
 
 def _print_json(payload: dict) -> None:
@@ -219,10 +220,37 @@ def _cmd_export(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+def _cmd_register(args: argparse.Namespace, cfg) -> int:
+    from cirl import registry
+
+    tcfg = resolved_config(args, "tracking")
+    result = registry.register(
+        cfg, args.model, args.evaluation, args.checkpoint, tcfg, args.parent_run_id
+    )
+    payload = dataclasses.asdict(result)
+    _print_json(payload)
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace, cfg) -> int:
+    from cirl import registry
+
+    result = registry.promote(cfg, args.version, resolved_config(args, "tracking"))
+    _print_json(dataclasses.asdict(result))
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace, cfg) -> int:
     from cirl import predict
 
-    result = predict.run(cfg, args.input, args.model, args.out, progress=not args.quiet)
+    result = predict.run(
+        cfg,
+        args.input,
+        args.model,
+        args.out,
+        progress=not args.quiet,
+        tracking_uri=args.tracking_uri,
+    )
     _print_json(
         {
             "out": str(result.out),
@@ -351,9 +379,54 @@ COMMANDS: tuple[Command, ...] = (
         group="predict",
         args=(
             arg("input", metavar="IMAGE_OR_DIR", help="a photo or a folder of photos"),
-            arg("--model", required=True, metavar="FILE", help=".onnx (or .pt with torch)"),
+            arg(
+                "--model",
+                required=True,
+                metavar="FILE_OR_URI",
+                help=".onnx (or .pt with torch), or a registered model: models:/NAME@champion",
+            ),
             arg("--out", required=True, metavar="DIR", help="output folder"),
+            arg(
+                "--tracking-uri",
+                metavar="URI",
+                help="MLflow server of a models:/ model (default $MLFLOW_TRACKING_URI, else "
+                "sqlite:///mlflow.db)",
+            ),
         ),
+    ),
+    Command(
+        "register",
+        "register an exported model as a new version in the MLflow model registry",
+        "Log the ONNX model (signature, input example), its checkpoint and configs, and the "
+        "test metrics of its evaluation as a new version of --name, with lineage tags. "
+        "--promote also compares it with the champion (see `cirl promote`).",
+        _cmd_register,
+        group="register",
+        extra_groups=("tracking",),
+        args=(
+            arg("--model", required=True, metavar="ONNX", help="the exported model.onnx"),
+            arg(
+                "--evaluation",
+                required=True,
+                metavar="DIR",
+                help="its `cirl evaluate` folder (or metrics.json) on the test split",
+            ),
+            arg("--checkpoint", metavar="PT", help="the checkpoint it was exported from"),
+            arg("--parent-run-id", metavar="ID", help="MLflow parent run (a pipeline run)"),
+        ),
+        quiet=False,
+    ),
+    Command(
+        "promote",
+        "move the champion alias to a registered version if it is at least as good",
+        "Compare --version with the current champion on the same test data (same manifest "
+        "hash): it becomes champion when its F1 >= the champion's - margin, else challenger "
+        "with the reason as a tag. Every move is recorded (alias history).",
+        _cmd_promote,
+        group="promote",
+        extra_groups=("tracking",),
+        args=(arg("--version", required=True, help="the registered version to promote"),),
+        quiet=False,
     ),
 )
 
@@ -388,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                 help="params.yaml whose group for this stage sets defaults (flags override it)",
             )
             config_options(p, _config_class(command.group))
+            for extra in command.extra_groups:
+                config_options(p, _config_class(extra))
         p.set_defaults(handler=_dispatch(command))
     _add_extra_commands(sub)
     return parser

@@ -189,6 +189,9 @@ STAGE_CONFIGS: dict[str, str] = {
     "evaluate": "cirl.evaluate:EvaluateConfig",
     "export": "cirl.export:ExportConfig",
     "predict": "cirl.predict:PredictConfig",
+    "tracking": "cirl.tracking:TrackingConfig",
+    "register": "cirl.registry:RegisterConfig",
+    "promote": "cirl.registry:PromoteConfig",
 }
 
 
