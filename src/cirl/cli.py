@@ -179,17 +179,7 @@ def _cmd_select(args: argparse.Namespace, cfg) -> int:
     from cirl import selection
 
     result = selection.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
-    _print_json(
-        {
-            "out": str(result.out),
-            "tiles": result.tiles,
-            "marginal_pixels": result.marginal_pixels,
-            "selected_pixels": result.selected_pixels,
-            "selected_fraction": result.selected_fraction,
-            "gamma": result.gamma,
-            "warnings": list(result.warnings),
-        }
-    )
+    _print_json({"out": str(result.out), **result.summary()})
     return 0
 
 

@@ -18,7 +18,6 @@ Output folder (written to a temporary folder, moved into place when complete)::
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +71,6 @@ class EvaluateConfig:
             raise ValueError(f"key 'overlays' must be >= 0, got {self.overlays}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"key 'device' must be auto, cpu or cuda, got {self.device!r}")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @torch.no_grad()
@@ -169,7 +164,7 @@ def run(
             "train_config": payload.get("config"),
             "checkpoint_epoch": int(payload.get("epoch", -1)) + 1,
             "data": str(data),
-            "manifest_sha256": _sha256(manifest),
+            "manifest_sha256": file_sha256(manifest),
             "cirl_version": __version__,
         },
     }

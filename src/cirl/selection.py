@@ -100,6 +100,17 @@ class SelectResult:
         """Fraction of the marginal ring M selected as ambiguous."""
         return self.selected_pixels / self.marginal_pixels if self.marginal_pixels else 0.0
 
+    def summary(self) -> dict:
+        """The run's totals as plain values (what the CLI prints and the pipeline records)."""
+        return {
+            "tiles": self.tiles,
+            "marginal_pixels": self.marginal_pixels,
+            "selected_pixels": self.selected_pixels,
+            "selected_fraction": self.selected_fraction,
+            "gamma": self.gamma,
+            "warnings": list(self.warnings),
+        }
+
 
 def select_ambiguous(
     log_var: np.ndarray,

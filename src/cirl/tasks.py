@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
-import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -201,14 +199,7 @@ def select(
     cfg = stage_config("select", params)
     out = _prepare_output(ambiguity)
     result = stage.run(cfg, dataset.path, Path(phase1.path) / "last.pt", out, progress=False)
-    summary = {
-        "tiles": result.tiles,
-        "marginal_pixels": result.marginal_pixels,
-        "selected_pixels": result.selected_pixels,
-        "selected_fraction": result.selected_fraction,
-        "gamma": result.gamma,
-        "warnings": list(result.warnings),
-    }
+    summary = result.summary()
     ambiguity.metadata.update(summary)
     if report is not None:
         body = _table(summary)
@@ -281,8 +272,3 @@ def export(
     summary = {"opset": cfg.opset, "parity_max_abs_diff": result.parity_max_abs_diff}
     onnx.metadata.update(summary)
     return summary
-
-
-def write_json(path: str | os.PathLike, payload: Any) -> None:
-    """A small JSON file (task summaries)."""
-    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
