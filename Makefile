@@ -26,14 +26,17 @@ RUNS ?= runs/synth
 
 # The main job: make the synthetic default dataset (deterministic), run the KFP pipeline on
 # this machine (KFP's local runner: prepare -> phase I -> select -> phase II -> evaluate ->
-# export), predict on two unseen synthetic photos (another seed) with the exported model,
-# and print where everything is.
+# export -> register, every stage tracked in ./mlflow.db), predict on two unseen synthetic
+# photos (another seed) with the exported model, audit the registered champion (lineage,
+# data hashes, scores re-evaluated), and print where everything is.
 run: install
 	$(BIN)/cirl synth --params $(PARAMS) --out $(DATA)/raw/synth
 	$(BIN)/cirl pipeline run --params $(PARAMS) --source $(DATA)/raw/synth --out $(RUNS)
 	$(BIN)/cirl synth --out $(DATA)/raw/field --n 2 --seed 1000
 	$(BIN)/cirl predict --params $(PARAMS) $(DATA)/raw/field/images \
 		--model $(RUNS)/model.onnx --out $(RUNS)/predict -q
+	$(BIN)/cirl audit models:/cirl-crack@champion --params $(PARAMS) --verify \
+		--out $(RUNS)/audit -q > /dev/null
 	$(BIN)/cirl pipeline show --out $(RUNS)
 
 # Recompile the committed pipeline packages after changing pipelines/ or components/.

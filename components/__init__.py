@@ -12,6 +12,8 @@ from types import SimpleNamespace
 DEFAULT_IMAGE = "localhost/cirl:latest"
 
 STAGE_COMPONENTS = (
+    "open_run",
+    "close_run",
     "prepare",
     "train_phase1",
     "select_regions",
@@ -19,6 +21,7 @@ STAGE_COMPONENTS = (
     "train_baseline",
     "evaluate",
     "export_onnx",
+    "register_model",
 )
 
 

@@ -7,10 +7,36 @@ a body imports what it uses and holds no logic: everything lives in ``cirl.tasks
 
 Every component takes ``params``, the resolved group of its stage in ``params.yaml`` (checked by
 the stage's config dataclass when the task runs), and ``code_version``, which records the code
-that ran and keys KFP's cache to it.
+that ran and keys KFP's cache to it. Stage components also take ``tracking`` (the ``tracking``
+group) and ``parent_run_id`` (the MLflow run :func:`open_run` opened; "" when tracking is off).
 """
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+
+def open_run(
+    tracking: dict,
+    parent_run_id: str,
+    code_version: str,
+    kfp_run_id: str,
+    kfp_run_name: str,
+    source: str,
+) -> str:
+    """Open the pipeline's parent MLflow run (or reopen ``parent_run_id``); returns its id."""
+    from cirl import tasks
+
+    with tasks.task_errors("open tracking run"):
+        return tasks.open_run(
+            tracking, parent_run_id, code_version, kfp_run_id, kfp_run_name, source
+        )
+
+
+def close_run(tracking: dict, parent_run_id: str, registration: Input[Artifact]):
+    """End the pipeline's parent MLflow run FINISHED (after registration)."""
+    from cirl import tasks
+
+    with tasks.task_errors("close tracking run"):
+        tasks.close_run(tracking, parent_run_id)
 
 
 def prepare(
@@ -18,19 +44,23 @@ def prepare(
     source_format: str,
     params: dict,
     code_version: str,
+    tracking: dict,
+    parent_run_id: str,
     dataset: Output[Dataset],
 ):
     """Slice the raw photos at ``source`` into tiles, split 90/5/5 by photo, hash everything."""
     from cirl import tasks
 
     with tasks.task_errors("prepare"):
-        tasks.prepare(source, source_format, params, dataset)
+        tasks.prepare(source, source_format, params, dataset, tracking, parent_run_id)
 
 
 def train_phase1(
     dataset: Input[Dataset],
     params: dict,
     code_version: str,
+    tracking: dict,
+    parent_run_id: str,
     checkpoint: Output[Model],
     metrics: Output[Metrics],
 ):
@@ -38,7 +68,16 @@ def train_phase1(
     from cirl import tasks
 
     with tasks.task_errors("train phase 1"):
-        tasks.train(dataset, params, checkpoint, metrics, phase=1, loss="cirl")
+        tasks.train(
+            dataset,
+            params,
+            checkpoint,
+            metrics,
+            phase=1,
+            loss="cirl",
+            tracking=tracking,
+            parent_run_id=parent_run_id,
+        )
 
 
 def select_regions(
@@ -46,6 +85,8 @@ def select_regions(
     phase1: Input[Model],
     params: dict,
     code_version: str,
+    tracking: dict,
+    parent_run_id: str,
     ambiguity: Output[Artifact],
     report: Output[HTML],
 ):
@@ -53,7 +94,7 @@ def select_regions(
     from cirl import tasks
 
     with tasks.task_errors("select"):
-        tasks.select(dataset, phase1, params, ambiguity, report)
+        tasks.select(dataset, phase1, params, ambiguity, report, tracking, parent_run_id)
 
 
 def train_phase2(
@@ -62,6 +103,8 @@ def train_phase2(
     ambiguity: Input[Artifact],
     params: dict,
     code_version: str,
+    tracking: dict,
+    parent_run_id: str,
     checkpoint: Output[Model],
     metrics: Output[Metrics],
 ):
@@ -78,6 +121,8 @@ def train_phase2(
             loss="cirl",
             init=phase1,
             ambiguity=ambiguity,
+            tracking=tracking,
+            parent_run_id=parent_run_id,
         )
 
 
@@ -85,6 +130,8 @@ def train_baseline(
     dataset: Input[Dataset],
     params: dict,
     code_version: str,
+    tracking: dict,
+    parent_run_id: str,
     checkpoint: Output[Model],
     metrics: Output[Metrics],
 ):
@@ -92,7 +139,16 @@ def train_baseline(
     from cirl import tasks
 
     with tasks.task_errors("train baseline"):
-        tasks.train(dataset, params, checkpoint, metrics, phase=1, loss="bce")
+        tasks.train(
+            dataset,
+            params,
+            checkpoint,
+            metrics,
+            phase=1,
+            loss="bce",
+            tracking=tracking,
+            parent_run_id=parent_run_id,
+        )
 
 
 def evaluate(
@@ -100,6 +156,9 @@ def evaluate(
     model: Input[Model],
     params: dict,
     code_version: str,
+    tracking: dict,
+    parent_run_id: str,
+    run_name: str,
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -108,7 +167,17 @@ def evaluate(
     from cirl import tasks
 
     with tasks.task_errors("evaluate"):
-        tasks.evaluate(dataset, model, params, evaluation, metrics, report)
+        tasks.evaluate(
+            dataset,
+            model,
+            params,
+            evaluation,
+            metrics,
+            report,
+            tracking,
+            parent_run_id,
+            run_name,
+        )
 
 
 def export_onnx(
@@ -116,10 +185,29 @@ def export_onnx(
     dataset: Input[Dataset],
     params: dict,
     code_version: str,
+    tracking: dict,
+    parent_run_id: str,
     onnx: Output[Model],
 ):
     """The deployable ONNX model without the std head, checked against PyTorch."""
     from cirl import tasks
 
     with tasks.task_errors("export"):
-        tasks.export(model, params, onnx, dataset)
+        tasks.export(model, params, onnx, dataset, tracking, parent_run_id)
+
+
+def register_model(
+    onnx: Input[Model],
+    evaluation: Input[Artifact],
+    checkpoint: Input[Model],
+    params: dict,
+    code_version: str,
+    tracking: dict,
+    parent_run_id: str,
+    registration: Output[Artifact],
+):
+    """Register the ONNX model as a new version in the MLflow registry; promote it by F1."""
+    from cirl import tasks
+
+    with tasks.task_errors("register"):
+        tasks.register(onnx, evaluation, checkpoint, params, registration, tracking, parent_run_id)

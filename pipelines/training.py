@@ -1,5 +1,12 @@
 """The cirl training pipeline (KFP v2): prepare -> phase I -> select -> phase II -> evaluate ->
-export, with the plain BCE baseline as an optional branch.
+export -> register, with the plain BCE baseline as an optional branch.
+
+Tracking: an ``open tracking run`` task opens the MLflow parent run of the execution (tagged
+with the KFP run id), every stage records one nested run under it, and ``close tracking run``
+ends it FINISHED after registration; a stage that fails ends its own run and the parent run
+FAILED with its error. (KFP's exit handler would also catch a task killed from outside, but
+a pipeline with one cannot return outputs.) Registration logs the ONNX model as a new version
+of the registered model and promotes it by test F1 (caching off: it has side effects).
 
 Compile it (the compiled YAML is committed; a test recompiles and compares)::
 
@@ -37,7 +44,7 @@ if str(REPO) not in sys.path:  # `components` is a top-level folder of the repos
 import components  # noqa: E402
 
 PIPELINE_NAME = "cirl-training"
-STAGE_GROUPS = ("prepare", "train", "select", "evaluate", "export")
+STAGE_GROUPS = ("prepare", "train", "select", "evaluate", "export", "tracking", "register")
 SECRET = "cirl-credentials"
 # Keys of the secret, each optional: a cluster that needs no key simply leaves it out.
 SECRET_ENV = (
@@ -63,6 +70,7 @@ class Outputs(NamedTuple):
     evaluation: Artifact
     report: HTML
     onnx: Model
+    registration: Artifact
 
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -111,18 +119,20 @@ def build_pipeline(
             kubernetes.add_toleration_json(task, GPU_TOLERATION)
         return task
 
-    def common(task, name: str, retries: int = 2):
+    def common(task, name: str, retries: int = 2, cache: bool = True):
         """Credentials from the secret, retries with backoff, a readable name."""
         task.set_display_name(name)
         kubernetes.use_secret_as_env(task, SECRET, {key: key for key in SECRET_ENV}, optional=True)
         if retries:
             task.set_retry(retries, backoff_duration="30s", backoff_factor=2.0)
+        if not cache:
+            task.set_caching_options(False)
         return task
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="CIRL crack segmentation: data -> phase I -> selection -> phase II -> "
-        "evaluation -> ONNX, with an optional BCE baseline.",
+        "evaluation -> ONNX -> registry, with an optional BCE baseline.",
     )
     def training(
         source: str,
@@ -132,21 +142,36 @@ def build_pipeline(
         select_params: dict = params["select"],
         evaluate_params: dict = params["evaluate"],
         export_params: dict = params["export"],
+        tracking_params: dict = params["tracking"],
+        register_params: dict = params["register"],
         with_baseline: bool = False,
+        parent_run_id: str = "",
         code_version: str = "unset",
     ) -> Outputs:
-        prep = common(
-            c.prepare(
-                source=source,
-                source_format=source_format,
-                params=prepare_params,
+        opened = common(
+            c.open_run(
+                tracking=tracking_params,
+                parent_run_id=parent_run_id,
                 code_version=code_version,
+                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                source=source,
             ),
+            "open tracking run",
+            cache=False,
+        )
+        run = {
+            "code_version": code_version,
+            "tracking": tracking_params,
+            "parent_run_id": opened.output,
+        }
+        prep = common(
+            c.prepare(source=source, source_format=source_format, params=prepare_params, **run),
             "prepare tiles",
         )
         data = prep.outputs["dataset"]
         phase1 = common(
-            heavy(c.train_phase1(dataset=data, params=train_params, code_version=code_version)),
+            heavy(c.train_phase1(dataset=data, params=train_params, **run)),
             "train phase I",
         )
         select = common(
@@ -155,7 +180,7 @@ def build_pipeline(
                     dataset=data,
                     phase1=phase1.outputs["checkpoint"],
                     params=select_params,
-                    code_version=code_version,
+                    **run,
                 )
             ),
             "select ambiguous regions",
@@ -167,7 +192,7 @@ def build_pipeline(
                     phase1=phase1.outputs["checkpoint"],
                     ambiguity=select.outputs["ambiguity"],
                     params=train_params,
-                    code_version=code_version,
+                    **run,
                 )
             ),
             "train phase II",
@@ -178,7 +203,8 @@ def build_pipeline(
                     dataset=data,
                     model=phase2.outputs["checkpoint"],
                     params=evaluate_params,
-                    code_version=code_version,
+                    run_name="evaluate CIRL",
+                    **run,
                 )
             ),
             "evaluate CIRL",
@@ -188,15 +214,36 @@ def build_pipeline(
                 model=phase2.outputs["checkpoint"],
                 dataset=data,
                 params=export_params,
-                code_version=code_version,
+                **run,
             ),
             "export ONNX",
         )
+        # caching off and no retries: a registration has side effects, a retried one could
+        # register the model twice
+        register = common(
+            c.register_model(
+                onnx=export.outputs["onnx"],
+                evaluation=evaluate.outputs["evaluation"],
+                checkpoint=phase2.outputs["checkpoint"],
+                params=register_params,
+                **run,
+            ),
+            "register and promote",
+            retries=0,
+            cache=False,
+        )
+        common(
+            c.close_run(
+                tracking=tracking_params,
+                parent_run_id=opened.output,
+                registration=register.outputs["registration"],
+            ),
+            "close tracking run",
+            cache=False,
+        )
         with dsl.If(with_baseline == True, "baseline"):  # noqa: E712 - a KFP condition
             baseline = common(
-                heavy(
-                    c.train_baseline(dataset=data, params=train_params, code_version=code_version),
-                ),
+                heavy(c.train_baseline(dataset=data, params=train_params, **run)),
                 "train BCE baseline",
             )
             common(
@@ -205,7 +252,8 @@ def build_pipeline(
                         dataset=data,
                         model=baseline.outputs["checkpoint"],
                         params=evaluate_params,
-                        code_version=code_version,
+                        run_name="evaluate baseline",
+                        **run,
                     ),
                 ),
                 "evaluate baseline",
@@ -219,6 +267,7 @@ def build_pipeline(
             evaluation=evaluate.outputs["evaluation"],
             report=evaluate.outputs["report"],
             onnx=export.outputs["onnx"],
+            registration=register.outputs["registration"],
         )
 
     return training

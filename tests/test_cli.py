@@ -10,6 +10,7 @@ from cirl.cli import build_parser, main
 from conftest import write_pair
 
 SUBCOMMANDS = [
+    "audit",
     "evaluate",
     "export",
     "pipeline",

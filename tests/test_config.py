@@ -74,7 +74,7 @@ def test_every_group_of_the_repository_params_file_matches_its_stage():
     """make run passes params.yaml to every stage: a stale key would stop it half-way."""
     import yaml
 
-    from cirl import evaluate, export, predict, selection, synth, train
+    from cirl import audit, evaluate, export, predict, registry, selection, synth, tracking, train
 
     stages = {
         "synth": synth.SynthConfig,
@@ -84,6 +84,9 @@ def test_every_group_of_the_repository_params_file_matches_its_stage():
         "evaluate": evaluate.EvaluateConfig,
         "export": export.ExportConfig,
         "predict": predict.PredictConfig,
+        "tracking": tracking.TrackingConfig,
+        "register": registry.RegisterConfig,
+        "audit": audit.AuditConfig,
     }
     path = Path(__file__).resolve().parents[1] / "params.yaml"
     groups = yaml.safe_load(path.read_text())

@@ -443,8 +443,9 @@ def test_submit_creates_the_experiment_once_and_sends_the_package(kfp_server, ca
     assert body["runtime_config"] == {
         "parameters": {
             "source": "s3://bucket/raw",
-            "train_params": pipeline.stage_arguments(None, overrides)["train_params"],
-            "select_params": pipeline.stage_arguments(None, overrides)["select_params"],
+            # a group named in --set: the package's compiled defaults plus the overrides
+            "train_params": pipeline.stage_arguments(None, overrides, PACKAGE)["train_params"],
+            "select_params": pipeline.stage_arguments(None, overrides, PACKAGE)["select_params"],
             "code_version": "test-1",
         }
     }
@@ -600,7 +601,7 @@ def test_schedule_sends_a_six_field_cron_one_at_a_time_without_catchup(kfp_serve
         "runtime_config": {
             "parameters": {
                 "source": "s3://bucket/raw",
-                "train_params": pipeline.stage_arguments(None, {"train": {"epochs": 4}})[
+                "train_params": pipeline.stage_arguments(None, {"train": {"epochs": 4}}, PACKAGE)[
                     "train_params"
                 ],
                 "code_version": "test-1",

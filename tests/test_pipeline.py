@@ -113,7 +113,8 @@ def test_overrides_are_checked_before_anything_runs():
         stage_arguments(None, {"train": {"lrate": 1}})
     args = stage_arguments(REPO / "params.yaml", {"train": {"epochs": 3}})
     assert args["train_params"]["epochs"] == 3 and set(args) == {
-        f"{g}_params" for g in ("prepare", "train", "select", "evaluate", "export")
+        f"{g}_params"
+        for g in ("prepare", "train", "select", "evaluate", "export", "tracking", "register")
     }
 
 
@@ -162,8 +163,10 @@ def raw(tmp_path_factory) -> Path:
 
 
 def _run(raw: Path, out: Path, *extra: str) -> int:
+    """A tiny run; tracked into OUT's parent folder (pass ``--set tracking.track=false``)."""
     argv = ["pipeline", "run", "--package", str(PACKAGE), "--source", str(raw)]
-    return main([*argv, "--out", str(out), *TINY, *extra])
+    store = f"tracking.tracking_uri=sqlite:///{out.parent / 'mlflow.db'}"
+    return main([*argv, "--out", str(out), *TINY, "--set", store, *extra])
 
 
 @pytest.mark.smoke
@@ -183,6 +186,44 @@ def test_local_run_goes_through_the_dag_and_links_outputs(raw, tmp_path, capsys)
     record = json.loads((out / "pipeline_run.json").read_text())
     assert record["arguments"]["train_params"]["width"] == 8
     assert record["arguments"]["code_version"].startswith("0.")
+    # tracking: one parent run, one nested run per task, each tagged with the KFP run
+    runs = _runs(tmp_path / "mlflow.db")
+    parent = runs[summary["mlflow_run_id"]]
+    assert parent.info.status == "FINISHED" and parent.data.tags["cirl.stage"] == "pipeline"
+    children = [
+        r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
+    names = sorted(r.info.run_name for r in children)
+    assert names == sorted(
+        [
+            "prepare",
+            "train phase 1",
+            "select",
+            "train phase 2",
+            "evaluate CIRL",
+            "export",
+            "register cirl-crack",
+            "train baseline",
+            "evaluate baseline",
+        ]
+    )
+    kfp_run = parent.data.tags["cirl.kfp_run_id"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert all(r.data.tags["cirl.kfp_run_id"] == kfp_run for r in children)
+    phase2 = next(r for r in children if r.info.run_name == "train phase 2")
+    assert phase2.data.params["phase"] == "2" and "ci" in phase2.data.metrics
+    # registration: the first version becomes champion
+    registration = json.loads((out / "registration" / "registration.json").read_text())
+    assert registration["registered"] and registration["promotion"]["alias"] == "champion"
+    assert summary["registration"]["model_uri"] == registration["model_uri"]
+
+
+def _runs(database: Path) -> dict:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{database}")
+    experiment = client.get_experiment_by_name("cirl")
+    return {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
 
 
 @pytest.mark.smoke
@@ -201,9 +242,22 @@ def test_failing_task_stops_the_dag_and_a_fixed_rerun_reuses_the_cache(raw, tmp_
     assert not (run_dir / "select-regions").exists()  # nothing downstream ran
     assert not (run_dir / "export-onnx").exists()
 
+    failed = json.loads((out / "pipeline_run.json").read_text())
+    assert failed["status"] == "failed" and failed["parent_run_id"]
+    runs = _runs(tmp_path / "mlflow.db")
+    parent = runs[failed["parent_run_id"]]
+    assert parent.info.status == "FAILED" and "loss became" in parent.data.tags["cirl.error"]
+    stage = next(r for r in runs.values() if r.info.run_name == "train phase 1")
+    assert stage.info.status == "FAILED" and "loss became" in stage.data.tags["cirl.error"]
+
     assert _run(raw, out, "--cache") == 0
     summary = json.loads(capfd.readouterr().out)
     assert (out / "model.onnx").is_file()
+    # the rerun continued the failed run's MLflow run, which now ends FINISHED
+    assert summary["mlflow_run_id"] == failed["parent_run_id"]
+    parent = _runs(tmp_path / "mlflow.db")[failed["parent_run_id"]]
+    assert parent.info.status == "FINISHED" and "cirl.error" not in parent.data.tags
+    assert parent.data.tags["cirl.reruns"] == "1"
     # prepare was not run again: its output is the failed run's, reused from the cache
     assert not (Path(summary["run_dir"]) / "prepare").exists()
     assert summary["reused"] == ["prepared"]
@@ -252,3 +306,40 @@ def test_task_params_from_kfp_structs_accept_integral_doubles():
     assert (cfg.epochs, cfg.phase, cfg.lr) == (3, 2, 0.5)
     with pytest.raises(CirlError, match=r"pipeline parameter train_params.*'epochs'"):
         stage_config("train", {"epochs": 2.5})
+
+
+def test_open_run_in_a_cluster_pod_refuses_a_store_inside_the_pod(monkeypatch, tmp_path):
+    """In a KFP pod (KFP_POD_NAME set by the backend) a SQLite store would die with the pod:
+    the first task fails with the fix before any stage runs; tracking off opens nothing."""
+    from cirl import tasks
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("KFP_POD_NAME", "cirl-training-abc-open-run")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CirlError, match="MLFLOW_TRACKING_URI in the secret cirl-credentials"):
+        tasks.open_run({"track": True}, kfp_run_id="abc")
+    assert not (tmp_path / "mlflow.db").exists()
+    assert tasks.open_run({"track": False}, kfp_run_id="abc") == ""
+
+
+def test_registration_with_tracking_off_registers_nothing_and_says_so(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from cirl import tasks
+
+    def artifact(name):
+        return SimpleNamespace(path=str(tmp_path / name), metadata={})
+
+    registration = artifact("registration")
+    summary = tasks.register(
+        artifact("onnx"),
+        artifact("evaluation"),
+        artifact("checkpoint"),
+        {"name": "cirl-crack", "promote": True},
+        registration,
+        tracking={"track": False},
+    )
+    written = json.loads((tmp_path / "registration" / "registration.json").read_text())
+    assert summary == written and written["registered"] is False
+    assert "tracking is off" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()

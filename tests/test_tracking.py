@@ -351,3 +351,39 @@ def test_default_store_is_sqlite_in_the_working_directory(tmp_path, monkeypatch)
     assert Path("mlflow.db").is_file()
     experiment = connection.client.get_experiment(connection.experiment_id)
     assert experiment.artifact_location == (tmp_path / "mlartifacts" / "cirl").as_uri()
+
+
+def test_stage_commands_record_runs_with_track_and_refuse_a_dead_server_first(
+    raw, store, tmp_path, capsys
+):
+    """The CLI stages: `--track` records one run per command, nested under
+    `--parent-run-id`, with the epoch metrics; an unreachable server stops the command before
+    it writes anything."""
+    from cirl.cli import main
+
+    parent = tracking.start_pipeline_run(store, run_name="by hand")
+    uri = ["--track", "--tracking-uri", store.tracking_uri, "--parent-run-id", parent]
+    prepared = tmp_path / "prepared"
+    argv = ["prepare", "--source", str(raw), "--format", "folder", "--out", str(prepared)]
+    assert main([*argv, "--tile", "128", "--split", "0.6,0.2,0.2", "-q", *uri]) == 0
+    prepare_run = json.loads(capsys.readouterr().out)["mlflow_run_id"]
+    train = ["train", "--data", str(prepared), "--model", "unet-small", "--width", "8"]
+    train += ["--epochs", "2", "--steps-per-epoch", "2", "--crop", "64", "--k", "4"]
+    assert main([*train, "--device", "cpu", "--out", str(tmp_path / "p1"), "-q", *uri]) == 0
+    train_run = json.loads(capsys.readouterr().out)["mlflow_run_id"]
+
+    client = _client(store)
+    for run_id, stage in ((prepare_run, "prepare"), (train_run, "train")):
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["cirl.stage"] == stage
+        assert run.data.tags["mlflow.parentRunId"] == parent
+    losses = client.get_metric_history(train_run, "loss")
+    assert [m.step for m in losses] == [1, 2]
+    assert client.get_run(train_run).info.run_name == "train phase 1"
+
+    dead = f"http://127.0.0.1:{_free_port()}"
+    out = tmp_path / "never"
+    dead_store = ["--track", "--tracking-uri", dead]
+    code = main([*train, "--device", "cpu", "--out", str(out), "-q", *dead_store])
+    assert code == 2 and not out.exists()
+    assert dead in capsys.readouterr().err

@@ -11,13 +11,14 @@ declared here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +124,24 @@ def resolved_config(args: argparse.Namespace, group: str) -> Any:
     return config.resolve(cls, group, args.params, overrides)
 
 
+@contextlib.contextmanager
+def _tracked(args: argparse.Namespace, stage: str, cfg: Any, **kwargs: Any) -> Iterator[Any]:
+    """The stage's MLflow run when tracking is on (``--track`` or ``tracking.track`` in
+    ``--params``); a run that does nothing otherwise. Yields the run."""
+    from cirl import tracking
+
+    tcfg = resolved_config(args, "tracking")
+    parent = getattr(args, "parent_run_id", None)
+    with tracking.stage_run(stage, cfg, tcfg, parent_run_id=parent, **kwargs) as run:
+        yield run
+
+
+def _with_run(payload: dict, run: Any) -> dict:
+    if run.run_id:
+        payload["mlflow_run_id"] = run.run_id
+    return payload
+
+
 def _cmd_synth(args: argparse.Namespace, cfg) -> int:
     from cirl import synth
 
@@ -136,66 +155,71 @@ def _cmd_synth(args: argparse.Namespace, cfg) -> int:
 def _cmd_prepare(args: argparse.Namespace, cfg) -> int:
     from cirl import prepare
 
-    result = prepare.run(cfg, args.source, args.format, args.out, progress=not args.quiet)
-    _print_json(
-        {
-            "out": str(result.out),
-            "photos": result.sources,
-            "tiles": result.tiles,
-            "skipped": len(result.skipped),
-            "warnings": len(result.warnings),
-        }
-    )
+    with _tracked(args, "prepare", cfg, out=args.out, tags={"cirl.source": args.source}) as run:
+        result = prepare.run(cfg, args.source, args.format, args.out, progress=not args.quiet)
+    payload = {
+        "out": str(result.out),
+        "photos": result.sources,
+        "tiles": result.tiles,
+        "skipped": len(result.skipped),
+        "warnings": len(result.warnings),
+    }
+    _print_json(_with_run(payload, run))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace, cfg) -> int:
     from cirl import train
 
-    result = train.run(
-        cfg,
-        args.data,
-        args.out,
-        init=args.init,
-        ambiguity=args.ambiguity,
-        resume=args.resume,
-        progress=not args.quiet,
-    )
+    name = "train baseline" if cfg.loss == "bce" else f"train phase {cfg.phase}"
+    with _tracked(args, "train", cfg, data=args.data, out=args.out, run_name=name) as run:
+        result = train.run(
+            cfg,
+            args.data,
+            args.out,
+            init=args.init,
+            ambiguity=args.ambiguity,
+            resume=args.resume,
+            progress=not args.quiet,
+            on_epoch=run.on_epoch,
+        )
     last = result.history[-1] if result.history else {}
-    _print_json(
-        {
-            "out": str(result.out),
-            "best": str(result.best),
-            "best_epoch": result.best_epoch,
-            "best_val_f1": result.best_val_f1,
-            "last_epoch": last.get("epoch"),
-            "last_loss": last.get("loss"),
-        }
-    )
+    payload = {
+        "out": str(result.out),
+        "best": str(result.best),
+        "best_epoch": result.best_epoch,
+        "best_val_f1": result.best_val_f1,
+        "last_epoch": last.get("epoch"),
+        "last_loss": last.get("loss"),
+    }
+    _print_json(_with_run(payload, run))
     return 0
 
 
 def _cmd_select(args: argparse.Namespace, cfg) -> int:
     from cirl import selection
 
-    result = selection.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
-    _print_json({"out": str(result.out), **result.summary()})
+    with _tracked(args, "select", cfg, data=args.data, out=args.out) as run:
+        result = selection.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
+    _print_json(_with_run({"out": str(result.out), **result.summary()}, run))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace, cfg) -> int:
     from cirl import evaluate
 
-    summary = evaluate.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
+    with _tracked(args, "evaluate", cfg, data=args.data, out=args.out) as run:
+        summary = evaluate.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
     keys = ("f1", "precision", "recall", "ods", "ois", "ap", "protocol")
-    _print_json({k: summary[k] for k in keys if k in summary})
+    _print_json(_with_run({k: summary[k] for k in keys if k in summary}, run))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace, cfg) -> int:
     from cirl import export
 
-    result = export.run(cfg, args.checkpoint, args.out, data=args.data)
+    with _tracked(args, "export", cfg, out=args.out) as run:
+        result = export.run(cfg, args.checkpoint, args.out, data=args.data)
     payload = {
         "out": str(result.out),
         "report": str(result.out) + ".json",
@@ -206,7 +230,7 @@ def _cmd_export(args: argparse.Namespace, cfg) -> int:
         payload["int8"] = result.report["int8"]["model"]
         if "accuracy" in result.report["int8"]:
             payload["int8_f1_change"] = result.report["int8"]["accuracy"]["f1_change"]
-    _print_json(payload)
+    _print_json(_with_run(payload, run))
     return 0
 
 
@@ -228,6 +252,27 @@ def _cmd_promote(args: argparse.Namespace, cfg) -> int:
     result = registry.promote(cfg, args.version, resolved_config(args, "tracking"))
     _print_json(dataclasses.asdict(result))
     return 0
+
+
+def _cmd_audit(args: argparse.Namespace, cfg) -> int:
+    from cirl import audit
+
+    result = audit.run(
+        cfg,
+        args.uri,
+        args.out,
+        verify=args.verify,
+        retrain=args.retrain,
+        data=args.data,
+        tracking=resolved_config(args, "tracking"),
+        progress=not args.quiet,
+    )
+    print(result.markdown, end="")
+    for path in result.paths:
+        print(f"wrote {path}", file=sys.stderr)
+    for difference in result.differences:
+        print(f"error: {difference.line()}", file=sys.stderr)
+    return 0 if result.ok else 1
 
 
 def _cmd_predict(args: argparse.Namespace, cfg) -> int:
@@ -279,6 +324,7 @@ COMMANDS: tuple[Command, ...] = (
         "OUT/dataset_card.json. OUT is replaced only when the run completes.",
         _cmd_prepare,
         group="prepare",
+        extra_groups=("tracking",),
         args=(
             arg("--source", required=True, metavar="DIR", help="raw dataset folder"),
             arg(
@@ -289,6 +335,7 @@ COMMANDS: tuple[Command, ...] = (
                 "drive (DRIVE)",
             ),
             arg("--out", required=True, metavar="DIR", help="prepared dataset folder"),
+            arg("--parent-run-id", metavar="ID", help="MLflow parent run (a pipeline run)"),
         ),
     ),
     Command(
@@ -301,6 +348,7 @@ COMMANDS: tuple[Command, ...] = (
         "inside them (--ambiguity from `cirl select`). --loss bce: the baseline.",
         _cmd_train,
         group="train",
+        extra_groups=("tracking",),
         args=(
             arg("--data", required=True, metavar="DIR", help="prepared folder"),
             arg("--out", required=True, metavar="DIR", help="run folder"),
@@ -312,6 +360,7 @@ COMMANDS: tuple[Command, ...] = (
                 help="continue from OUT/last.pt (same parameters; --epochs may grow to train "
                 "longer)",
             ),
+            arg("--parent-run-id", metavar="ID", help="MLflow parent run (a pipeline run)"),
         ),
     ),
     Command(
@@ -322,10 +371,12 @@ COMMANDS: tuple[Command, ...] = (
         "OUT/selection.csv, OUT/summary.json and OUT/overview.png.",
         _cmd_select,
         group="select",
+        extra_groups=("tracking",),
         args=(
             arg("--data", required=True, metavar="DIR", help="prepared folder"),
             arg("--checkpoint", required=True, metavar="PT", help="phase-I checkpoint"),
             arg("--out", required=True, metavar="DIR", help="selection folder"),
+            arg("--parent-run-id", metavar="ID", help="MLflow parent run (a pipeline run)"),
         ),
     ),
     Command(
@@ -336,10 +387,12 @@ COMMANDS: tuple[Command, ...] = (
         "best and worst images.",
         _cmd_evaluate,
         group="evaluate",
+        extra_groups=("tracking",),
         args=(
             arg("--data", required=True, metavar="DIR", help="prepared folder"),
             arg("--checkpoint", required=True, metavar="PT", help="checkpoint to evaluate"),
             arg("--out", required=True, metavar="DIR", help="evaluation folder"),
+            arg("--parent-run-id", metavar="ID", help="MLflow parent run (a pipeline run)"),
         ),
     ),
     Command(
@@ -351,10 +404,12 @@ COMMANDS: tuple[Command, ...] = (
         "--data its accuracy change on --split is measured.",
         _cmd_export,
         group="export",
+        extra_groups=("tracking",),
         args=(
             arg("--checkpoint", required=True, metavar="PT", help="checkpoint to export"),
             arg("--out", required=True, metavar="ONNX", help="output .onnx file"),
             arg("--data", metavar="DIR", help="prepared folder to score the int8 model on"),
+            arg("--parent-run-id", metavar="ID", help="MLflow parent run (a pipeline run)"),
         ),
         quiet=False,
     ),
@@ -418,6 +473,28 @@ COMMANDS: tuple[Command, ...] = (
         args=(arg("--version", required=True, help="the registered version to promote"),),
         quiet=False,
     ),
+    Command(
+        "audit",
+        "lineage of a registered model; --verify checks it, --retrain reproduces it",
+        "Print and write (OUT/audit.md, OUT/audit.json) the lineage of a registered model: "
+        "data (DVC hash, manifest hash, dataset card), code (commit, dirty flag), every "
+        "stage's parameters, environment, test scores, the chain of runs from preparation to "
+        "registration and the alias history. --verify checks every tile's SHA-256 against "
+        "the manifest and re-evaluates the registered weights (and ONNX model) on the "
+        "recorded test split; --retrain trains again from the recorded parameters into "
+        "OUT/retrain and compares weights and scores. Exit status 1 when a check finds a "
+        "difference (each printed as an error: line).",
+        _cmd_audit,
+        group="audit",
+        extra_groups=("tracking",),
+        args=(
+            arg("uri", metavar="MODEL_URI", help="models:/NAME@ALIAS or models:/NAME/VERSION"),
+            arg("--out", default="runs/audit", metavar="DIR", help="report folder"),
+            arg("--verify", action="store_true", help="check data, weights and scores"),
+            arg("--retrain", action="store_true", help="train again and compare"),
+            arg("--data", metavar="DIR", help="prepared folder instead of the recorded one"),
+        ),
+    ),
 )
 
 
@@ -477,7 +554,8 @@ def _pipeline_arguments(args: argparse.Namespace) -> dict:
         arguments["source"] = source
     if getattr(args, "source_format", None):
         arguments["source_format"] = args.source_format
-    arguments.update(pipeline.stage_arguments(args.params, pipeline.parse_overrides(args.set)))
+    overrides = pipeline.parse_overrides(args.set)
+    arguments.update(pipeline.stage_arguments(args.params, overrides, args.package))
     if args.baseline is not None:
         arguments["with_baseline"] = args.baseline
     image = getattr(args, "image", None) or ""
@@ -525,6 +603,8 @@ def _cmd_pipeline_run(args: argparse.Namespace) -> int:
             "outputs": {k: str(result.out / k) for k in result.links},
             "reused": result.reused,
             "metrics": result.metrics,
+            "mlflow_run_id": result.parent_run_id,
+            "registration": result.registration,
         }
     )
     return 0

@@ -192,6 +192,7 @@ STAGE_CONFIGS: dict[str, str] = {
     "tracking": "cirl.tracking:TrackingConfig",
     "register": "cirl.registry:RegisterConfig",
     "promote": "cirl.registry:PromoteConfig",
+    "audit": "cirl.audit:AuditConfig",
 }
 
 

@@ -129,7 +129,11 @@ def exit_status_fix() -> Iterator[None]:
         docker_task_handler.run_docker_container = original
 
 
-def docker_runner(read_only: Sequence[str | os.PathLike] = (), **container_run_args):
+def docker_runner(
+    read_only: Sequence[str | os.PathLike] = (),
+    read_write: Sequence[str | os.PathLike] = (),
+    **container_run_args,
+):
     """A ``kfp.local.DockerRunner`` whose tasks report their real exit status and logs.
 
     Installs :func:`install_exit_status_fix` and checks that the engine at ``DOCKER_HOST``
@@ -143,6 +147,7 @@ def docker_runner(read_only: Sequence[str | os.PathLike] = (), **container_run_a
 
     Args:
         read_only: host folders or files mounted read-only at the same path in every task.
+        read_write: host folders mounted writable at the same path (a SQLite tracking store's).
         **container_run_args: ``docker`` ``containers.run`` arguments for every task, as
             ``kfp.local.DockerRunner`` takes them.
 
@@ -167,15 +172,14 @@ def docker_runner(read_only: Sequence[str | os.PathLike] = (), **container_run_a
         ) from None
     install_exit_status_fix()
     container_run_args.setdefault("user", f"{os.getuid()}:{os.getgid()}")
-    if read_only:
-        paths = [Path(p).resolve() for p in read_only]
-        for path in paths:
+    mounts = list(container_run_args.get("mounts", ()))
+    for paths, ro in ((read_only, True), (read_write, False)):
+        for path in (Path(p).resolve() for p in paths):
             if not path.exists():
                 raise CirlError(f"cannot mount {path} into the tasks: it does not exist")
-        container_run_args["mounts"] = [
-            *container_run_args.get("mounts", ()),
-            *(docker.types.Mount(str(p), str(p), type="bind", read_only=True) for p in paths),
-        ]
+            mounts.append(docker.types.Mount(str(path), str(path), type="bind", read_only=ro))
+    if mounts:
+        container_run_args["mounts"] = mounts
     return local.DockerRunner(**container_run_args)
 
 

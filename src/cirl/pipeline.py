@@ -32,7 +32,7 @@ from typing import Any
 from cirl import __version__
 from cirl.errors import CirlError
 
-STAGE_GROUPS = ("prepare", "train", "select", "evaluate", "export")
+STAGE_GROUPS = ("prepare", "train", "select", "evaluate", "export", "tracking", "register")
 
 # Pipeline output -> stable name under ``out`` (a symlink to the artifact; cached tasks'
 # artifacts live in the run that made them).
@@ -45,6 +45,7 @@ LINKS = {
     "evaluation": "eval",
     "report": "report.html",
     "onnx": "export",
+    "registration": "registration",
 }
 # The optional baseline branch has no pipeline output (a conditional one); found in the run.
 BRANCH_LINKS = {
@@ -93,12 +94,15 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def stage_arguments(
-    params: str | os.PathLike | None, overrides: Mapping[str, Mapping[str, Any]] | None = None
+    params: str | os.PathLike | None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    package: str | os.PathLike | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``{group}_params`` run arguments: each group resolved and checked by its config class.
 
-    Without ``params`` the package's compiled defaults are used, except for groups named in
-    ``overrides`` (resolved from the dataclass defaults plus the overrides).
+    Without ``params`` the package's compiled defaults are used; a group named in
+    ``overrides`` is those defaults (the dataclass defaults without a ``package``) plus the
+    overrides.
     """
     from cirl import config
 
@@ -107,7 +111,14 @@ def stage_arguments(
         given = (overrides or {}).get(group)
         if params is None and not given:
             continue
-        cfg = config.resolve(config.stage_config(group), group, params, given)
+        cls = config.stage_config(group)
+        if params is None and package is not None:
+            from cirl.tasks import stage_config
+
+            compiled = _package_default(package, f"{group}_params") or {}
+            cfg = stage_config(group, {**compiled, **given})
+        else:
+            cfg = config.resolve(cls, group, params, given)
         arguments[f"{group}_params"] = config.to_dict(cfg)
     return arguments
 
@@ -170,6 +181,8 @@ class LocalRun:
     metrics: dict[str, Any]
     seconds: float
     reused: list[str] = dataclasses.field(default_factory=list)
+    parent_run_id: str | None = None
+    registration: dict | None = None
 
 
 def _quiet_kfp_warnings() -> None:
@@ -188,6 +201,53 @@ def _link(target: Path, link: Path) -> None:
     os.replace(tmp, link)
 
 
+def _package_default(package: str | os.PathLike, name: str) -> Any:
+    """The compiled default of the pipeline parameter ``name`` (None when it has none)."""
+    doc = load_package(package)
+    spec = doc.get("root", {}).get("inputDefinitions", {}).get("parameters", {}).get(name, {})
+    return spec.get("defaultValue")
+
+
+def local_tracking(package: str | os.PathLike, arguments: Mapping[str, Any]) -> Any:
+    """The run's tracking config with the store made absolute (None when tracking is off).
+
+    Local tasks run in other folders (and containers): a relative ``sqlite:///mlflow.db``
+    must name the same file for all of them, the one in this working directory.
+    """
+    from cirl import config
+    from cirl.tracking import TrackingConfig, _sqlite_path, resolve_tracking_uri
+
+    values = arguments.get("tracking_params")
+    if values is None:
+        values = _package_default(package, "tracking_params") or {}
+    cfg = config.from_mapping(TrackingConfig, dict(values), "pipeline parameter tracking_params")
+    if not cfg.track:
+        return None
+    uri = resolve_tracking_uri(cfg.tracking_uri)
+    database = _sqlite_path(uri)
+    if database is not None:
+        uri = f"sqlite:///{database.resolve()}"
+    return dataclasses.replace(cfg, tracking_uri=uri)
+
+
+def _previous_parent(out: Path) -> str | None:
+    """The parent run of the last run in ``out`` when that run failed (a rerun continues it)."""
+    record = out / "pipeline_run.json"
+    if not record.is_file():
+        return None
+    with contextlib.suppress(ValueError, OSError):
+        previous = json.loads(record.read_text())
+        if previous.get("status") == "failed":
+            return previous.get("parent_run_id") or None
+    return None
+
+
+def _write_record(out: Path, record: Mapping[str, Any]) -> None:
+    tmp = out / ".pipeline_run.json.partial"
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, out / "pipeline_run.json")
+
+
 def run_local(
     package: str | os.PathLike,
     arguments: Mapping[str, Any],
@@ -197,38 +257,69 @@ def run_local(
 ) -> LocalRun:
     """Run the compiled pipeline on this machine and link its outputs under ``out``.
 
+    With tracking on (``tracking_params.track``), the MLflow parent run of the execution is
+    opened here, before any task, so that a store that cannot be used fails at once, and so
+    that the run is known even when a task fails. With ``cache``, a rerun after a failed run
+    continues that run's parent run: the tasks' inputs are then the same as in the failed
+    run, so KFP's cache reuses the tasks that finished.
+
     Args:
         package: the compiled pipeline YAML.
         arguments: the run's arguments (``source`` at least).
         out: the run's folder: KFP writes every task's outputs under ``out/kfp/<run>/``, and
             stable links (``prepared``, ``phase1``, ``select``, ``phase2``, ``eval``,
-            ``report.html``, ``export``, and ``model.onnx``) point at the latest run's.
+            ``report.html``, ``export``, ``registration`` and ``model.onnx``) point at the
+            latest run's.
         runner: ``subprocess`` (processes of this environment) or ``docker`` (the tasks'
             image through podman's Docker-compatible socket, ``DOCKER_HOST``).
         cache: reuse outputs of earlier local runs of the same task with the same inputs and
             code (KFP's local cache under ``out/kfp/.kfp_cache``).
 
     Raises:
-        CirlError: when a task fails (its ``error:`` line is in the log above) or the package
-            is not a pipeline.
+        CirlError: when a task fails (its ``error:`` line is in the log above), the package
+            is not a pipeline, or the tracking store cannot be used.
     """
     from kfp import local
     from kfp.components import load_component_from_file
+
+    from cirl import tracking as layer
 
     load_package(package)  # a clear message for a missing or foreign file
     out = Path(out)
     root = out / "kfp"
     root.mkdir(parents=True, exist_ok=True)
+    arguments = dict(arguments)
+    tracking = local_tracking(package, arguments)
+    database = layer._sqlite_path(tracking.tracking_uri) if tracking else None
     if runner == "subprocess":
         kfp_runner = local.SubprocessRunner(use_venv=False)
     elif runner == "docker":
         from cirl.container_runner import docker_runner
 
         source = str(arguments.get("source", ""))
-        # KFP mounts only the pipeline root: a local source folder is mounted read-only
-        kfp_runner = docker_runner(read_only=[source] if source and "://" not in source else [])
+        # KFP mounts only the pipeline root: a local source folder is mounted read-only, the
+        # folder of a SQLite tracking store writable
+        kfp_runner = docker_runner(
+            read_only=[source] if source and "://" not in source else [],
+            read_write=[database.parent] if database is not None else [],
+        )
     else:
         raise CirlError(f"unknown runner {runner!r}; use subprocess or docker")
+    parent = None
+    if tracking is not None:
+        arguments["tracking_params"] = config_dict(tracking)
+        previous = _previous_parent(out) if cache else None
+        tags = {"cirl.code_version": arguments.get("code_version"), "cirl.runner": runner}
+        if previous:
+            parent = layer.reopen_pipeline_run(previous, tracking, tags)
+        else:
+            parent = layer.start_pipeline_run(
+                tracking,
+                run_name=f"pipeline {out.name}",
+                tags=tags,
+                params={"source": arguments.get("source"), "package": str(package)},
+            )
+        arguments["parent_run_id"] = parent
     local.init(
         runner=kfp_runner,
         pipeline_root=str(root),
@@ -238,19 +329,42 @@ def run_local(
     _quiet_kfp_warnings()
     pipeline = load_component_from_file(str(_without_retries(package, root)))
     before = {p.name for p in root.iterdir()}
+    record: dict[str, Any] = {
+        "package": str(package),
+        "arguments": copy.deepcopy(arguments),
+        "runner": runner,
+        "cache": cache,
+        "parent_run_id": parent,
+        "tracking_uri": tracking.tracking_uri if tracking else None,
+    }
     t0 = time.perf_counter()
     try:
         # KFP logs every task to stdout; stdout is for the command's JSON summary
         with contextlib.redirect_stdout(sys.stderr):
             task = pipeline(**arguments)
-    except RuntimeError as exc:
-        raise CirlError(
-            f"the pipeline failed: {_plain(str(exc))} Its log above shows the task's "
-            "`error:` line; fix the cause and run again (with --cache, finished tasks are "
-            "reused)"
-        ) from None
-    except (TypeError, ValueError) as exc:
+    except (RuntimeError, TypeError, ValueError, KeyboardInterrupt) as exc:
+        new = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in before)
+        record.update(
+            status="failed",
+            run_dir=str(new[-1].resolve()) if new else None,
+            seconds=round(time.perf_counter() - t0, 2),
+            error=_plain(str(exc)),
+        )
+        _write_record(out, record)
+        if parent is not None:
+            _fail_parent(parent, tracking, exc)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        if isinstance(exc, RuntimeError):
+            raise CirlError(
+                f"the pipeline failed: {_plain(str(exc))} Its log above shows the task's "
+                "`error:` line; fix the cause and run again (with --cache, finished tasks are "
+                "reused and the MLflow run is continued)"
+            ) from None
         raise CirlError(f"the pipeline's arguments do not fit {package}: {exc}") from None
+    finally:
+        if parent is not None and os.environ.get(layer.PARENT_RUN_ENV) == parent:
+            del os.environ[layer.PARENT_RUN_ENV]
     seconds = time.perf_counter() - t0
     new = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in before)
     run_dir = new[-1] if new else root
@@ -261,7 +375,9 @@ def run_local(
             _link(Path(artifact.path), out / name)
             links[name] = artifact.path
     # outputs from KFP's cache live in the earlier run that made them
-    reused = sorted(n for n, p in links.items() if not Path(p).is_relative_to(run_dir))
+    reused = sorted(
+        n for n, p in links.items() if not Path(p).resolve().is_relative_to(run_dir.resolve())
+    )
     for (task_name, output), name in BRANCH_LINKS.items():
         target = run_dir / task_name / output
         if target.exists():
@@ -284,21 +400,35 @@ def run_local(
                 for k in ("f1", "precision", "recall", "ods", "ois", "ap")
                 if k in summary
             }
-    record = {
-        "package": str(package),
-        "run_dir": str(run_dir.resolve()),
-        "arguments": copy.deepcopy(dict(arguments)),
-        "runner": runner,
-        "cache": cache,
-        "seconds": round(seconds, 2),
-        "outputs": links,
-        "reused": reused,
-        "metrics": metrics,
-    }
-    tmp = out / ".pipeline_run.json.partial"
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, out / "pipeline_run.json")
-    return LocalRun(out, run_dir, links, metrics, seconds, reused)
+    registration = out / "registration" / "registration.json"
+    record.update(
+        status="succeeded",
+        run_dir=str(run_dir.resolve()),
+        seconds=round(seconds, 2),
+        outputs=links,
+        reused=reused,
+        metrics=metrics,
+        registration=json.loads(registration.read_text()) if registration.is_file() else None,
+    )
+    _write_record(out, record)
+    return LocalRun(out, run_dir, links, metrics, seconds, reused, parent, record["registration"])
+
+
+def config_dict(cfg: Any) -> dict:
+    """A config dataclass as the plain mapping a pipeline parameter takes."""
+    from cirl.config import to_dict
+
+    return to_dict(cfg)
+
+
+def _fail_parent(parent: str, tracking: Any, exc: BaseException) -> None:
+    """Mark the parent run FAILED unless the failing stage already did (with its error)."""
+    from cirl import tracking as layer
+
+    with contextlib.suppress(Exception):  # the store may be what failed: keep the first error
+        client, _ = layer.open_store(tracking.tracking_uri, tracking.tracking_timeout)
+        if client.get_run(parent).info.status == "RUNNING":
+            layer.end_pipeline_run(parent, tracking, CirlError(_plain(str(exc))[:2000]))
 
 
 def _without_retries(package: str | os.PathLike, folder: Path) -> Path:
@@ -330,6 +460,12 @@ def summary_text(out: str | os.PathLike) -> str:
     if not record_path.is_file():
         raise CirlError(f"{record_path} not found; run `cirl pipeline run --out {out}` first")
     record = json.loads(record_path.read_text())
+    if record.get("status") == "failed":
+        return (
+            f"cirl pipeline run in {out} FAILED after {record['seconds']:.0f} s: "
+            f"{record.get('error', '')}\n  task outputs so far: {record.get('run_dir')}\n"
+            "  fix the cause and rerun with --cache: finished tasks are reused"
+        )
     lines = [f"cirl pipeline run in {out} ({record['seconds']:.0f} s, runner {record['runner']})"]
     for name, label in (("eval", "CIRL"), ("baseline-eval", "BCE baseline")):
         scores = record["metrics"].get(name)
@@ -344,6 +480,15 @@ def summary_text(out: str | os.PathLike) -> str:
             f"R {scores['recall']:.3f}), ODS {ods:.3f}, OIS {scores['ois']:.3f}, "
             f"AP {scores['ap']:.3f}"
         )
+    registration = record.get("registration") or {}
+    if registration.get("registered"):
+        promotion = registration.get("promotion") or {}
+        alias = f", now {promotion['alias']}" if promotion.get("alias") else ""
+        lines.append(f"  registered: {registration['model_uri']}{alias}")
+        if promotion.get("reason"):
+            lines.append(f"    {promotion['reason']}")
+    elif registration:
+        lines.append(f"  not registered: {registration.get('reason')}")
     where = [
         ("model.onnx", "deployable model (ONNX, no std head)"),
         ("phase2", "phase-II checkpoints (best.pt, last.pt, history.json)"),
@@ -351,6 +496,7 @@ def summary_text(out: str | os.PathLike) -> str:
         ("report.html", "evaluation report: scores, PR curve, best/worst overlays"),
         ("select.html", "ambiguous-region selection report"),
         ("predict", "predictions on unseen photos: masks, overlays, crack measurements"),
+        ("audit", "audit.md, audit.json: lineage of the champion, data and scores verified"),
     ]
     lines.append("  outputs:")
     for name, text in where:
@@ -359,6 +505,16 @@ def summary_text(out: str | os.PathLike) -> str:
     lines.append(f"    {record['run_dir']}: every task's outputs (KFP local run)")
     lines.append("  look at them:")
     lines.append(f"    open {out / 'report.html'} in a browser")
+    uri = record.get("tracking_uri")
+    if uri and record.get("parent_run_id"):
+        store = f"--backend-store-uri {uri}" if uri.startswith("sqlite:") else ""
+        lines.append(
+            f"    mlflow ui {store}".rstrip()
+            + f"   (MLflow run {record['parent_run_id']}: one nested run per stage)"
+        )
+    if registration.get("registered"):
+        name = registration["name"]
+        lines.append(f"    cirl audit models:/{name}@champion   (lineage of the deployed model)")
     if (out / "predict").is_dir():
         lines.append(f"    ls {out / 'predict'}   (NAME_overlay.jpg: cracks in red)")
     return "\n".join(lines)

@@ -8,15 +8,24 @@ local paths, and fills the output artifacts: files, ``metadata`` (shown by the K
 ``metadata``; ``Metrics`` also ``log_metric``), so this module never imports ``kfp`` and its
 functions can be called, and tested, without a pipeline.
 
-A stage that fails raises :class:`~cirl.errors.CirlError`; :func:`run_task` prints its
+A stage that fails raises :class:`~cirl.errors.CirlError`; :func:`task_errors` prints its
 ``error: ...`` line to the task log and exits non-zero, so the task fails and nothing
 downstream runs.
+
+Tracking: every stage task takes the pipeline's ``tracking`` mapping (the ``tracking`` group
+of ``params.yaml``) and ``parent_run_id`` (the run :func:`open_run` opened); with ``track`` on,
+the stage is one MLflow run nested under it (:func:`cirl.tracking.stage_run`), which records
+the config, lineage tags, per-epoch metrics and outputs, and ends FAILED with the error when
+the stage fails. :func:`close_run` (the pipeline's exit handler) ends the parent run with the
+pipeline's final state; :func:`register` registers and promotes the exported model.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +34,8 @@ from typing import Any, Protocol
 
 from cirl.errors import CirlError
 from cirl.staging import clean_stale
+
+TrackingParams = Mapping[str, Any] | None
 
 
 class ArtifactLike(Protocol):
@@ -49,11 +60,20 @@ def stage_config(group: str, params: Mapping[str, Any], **overrides: Any) -> Any
     values = {}
     for key, value in dict(params or {}).items():
         # KFP passes mappings as protobuf Structs, whose numbers are all doubles: 512 -> 512.0
-        if hints.get(key) is int and isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and value.is_integer() and _wants_int(hints.get(key)):
             value = int(value)
         values[key] = value
     values.update(overrides)
     return config.from_mapping(cls, values, f"pipeline parameter {group}_params")
+
+
+def _wants_int(hint: Any) -> bool:
+    """Whether a field annotation takes integers: ``int``, ``Literal[1, 2]``, ``int | None``."""
+    import typing
+
+    if hint is int:
+        return True
+    return any(a is int or (type(a) is int) for a in typing.get_args(hint))
 
 
 @contextmanager
@@ -68,6 +88,42 @@ def task_errors(stage: str) -> Iterator[None]:
     except CirlError as exc:
         print(f"error: {stage}: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def tracking_config(tracking: TrackingParams) -> Any:
+    """The :class:`~cirl.tracking.TrackingConfig` of a task's ``tracking`` mapping (None: off)."""
+    if not tracking:
+        return None
+    return stage_config("tracking", tracking)
+
+
+@contextmanager
+def _tracked(
+    stage: str,
+    cfg: Any,
+    tracking: TrackingParams,
+    parent_run_id: str,
+    artifact: ArtifactLike,
+    **kwargs: Any,
+) -> Iterator[Any]:
+    """The stage's MLflow run (a do-nothing run when tracking is off); its id goes into the
+    output artifact's metadata, so the KFP UI links each artifact to its run."""
+    from cirl import tracking as layer
+
+    tracking_cfg = tracking_config(tracking)
+    try:
+        with layer.stage_run(
+            stage, cfg, tracking_cfg, parent_run_id=parent_run_id or None, **kwargs
+        ) as run:
+            if run.run_id:
+                artifact.metadata["mlflow_run_id"] = run.run_id
+            yield run
+    except BaseException as exc:
+        if parent_run_id and tracking_cfg is not None and tracking_cfg.track:
+            # the pipeline failed with this stage: its parent run too, with the stage's error
+            with contextlib.suppress(CirlError):
+                layer.end_pipeline_run(parent_run_id, tracking_cfg, CirlError(f"{stage}: {exc}"))
+        raise
 
 
 def _prepare_output(artifact: ArtifactLike) -> Path:
@@ -115,6 +171,8 @@ def prepare(
     fmt: str,
     params: Mapping[str, Any],
     dataset: ArtifactLike,
+    tracking: TrackingParams = None,
+    parent_run_id: str = "",
 ) -> dict:
     """Slice and split the raw dataset at ``source`` into the ``dataset`` artifact folder."""
     from cirl import prepare as stage
@@ -122,7 +180,10 @@ def prepare(
 
     cfg = stage_config("prepare", params)
     out = _prepare_output(dataset)
-    result = stage.run(cfg, source, fmt, out)
+    with _tracked(
+        "prepare", cfg, tracking, parent_run_id, dataset, out=out, tags={"cirl.source": source}
+    ):
+        result = stage.run(cfg, source, fmt, out)
     dataset.metadata.update(
         {
             "source": source,
@@ -146,6 +207,8 @@ def train(
     init: ArtifactLike | None = None,
     ambiguity: ArtifactLike | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    tracking: TrackingParams = None,
+    parent_run_id: str = "",
 ) -> dict:
     """Train one arm into the ``model`` artifact folder (``best.pt``, ``last.pt``, history).
 
@@ -157,16 +220,26 @@ def train(
     cfg = stage_config("train", params, phase=phase, loss=loss)
     out = _prepare_output(model)
     resume = (out / "last.pt").is_file()
-    result = stage.run(
-        cfg,
-        dataset.path,
-        out,
-        init=Path(init.path) / "best.pt" if init is not None else None,
-        ambiguity=ambiguity.path if ambiguity is not None else None,
-        resume=resume,
-        progress=False,
-        on_epoch=on_epoch,
-    )
+    name = "train baseline" if loss == "bce" else f"train phase {phase}"
+    with _tracked(
+        "train", cfg, tracking, parent_run_id, model, data=dataset.path, out=out, run_name=name
+    ) as run:
+
+        def report(record: dict) -> None:
+            run.on_epoch(record)
+            if on_epoch is not None:
+                on_epoch(record)
+
+        result = stage.run(
+            cfg,
+            dataset.path,
+            out,
+            init=Path(init.path) / "best.pt" if init is not None else None,
+            ambiguity=ambiguity.path if ambiguity is not None else None,
+            resume=resume,
+            progress=False,
+            on_epoch=report,
+        )
     last = result.history[-1] if result.history else {}
     summary = {
         "phase": phase,
@@ -192,13 +265,16 @@ def select(
     params: Mapping[str, Any],
     ambiguity: ArtifactLike,
     report: ArtifactLike | None = None,
+    tracking: TrackingParams = None,
+    parent_run_id: str = "",
 ) -> dict:
     """Select the ambiguous pixels with the phase-I model (its ``last.pt``, as the paper)."""
     from cirl import selection as stage
 
     cfg = stage_config("select", params)
     out = _prepare_output(ambiguity)
-    result = stage.run(cfg, dataset.path, Path(phase1.path) / "last.pt", out, progress=False)
+    with _tracked("select", cfg, tracking, parent_run_id, ambiguity, data=dataset.path, out=out):
+        result = stage.run(cfg, dataset.path, Path(phase1.path) / "last.pt", out, progress=False)
     summary = result.summary()
     ambiguity.metadata.update(summary)
     if report is not None:
@@ -217,13 +293,26 @@ def evaluate(
     evaluation: ArtifactLike,
     metrics: ArtifactLike | None = None,
     report: ArtifactLike | None = None,
+    tracking: TrackingParams = None,
+    parent_run_id: str = "",
+    run_name: str | None = None,
 ) -> dict:
     """Score the model's ``best.pt`` on the configured split; metrics, report and overlays."""
     from cirl import evaluate as stage
 
     cfg = stage_config("evaluate", params)
     out = _prepare_output(evaluation)
-    summary = stage.run(cfg, dataset.path, Path(model.path) / "best.pt", out, progress=False)
+    with _tracked(
+        "evaluate",
+        cfg,
+        tracking,
+        parent_run_id,
+        evaluation,
+        data=dataset.path,
+        out=out,
+        run_name=run_name or None,
+    ):
+        summary = stage.run(cfg, dataset.path, Path(model.path) / "best.pt", out, progress=False)
     scores = {
         k: float(summary[k])
         for k in ("f1", "precision", "recall", "iou", "ods", "ois", "ap")
@@ -254,6 +343,8 @@ def export(
     params: Mapping[str, Any],
     onnx: ArtifactLike,
     dataset: ArtifactLike | None = None,
+    tracking: TrackingParams = None,
+    parent_run_id: str = "",
 ) -> dict:
     """Export the model's ``best.pt`` to ``onnx``/``model.onnx`` (no std head), parity-checked.
 
@@ -263,12 +354,124 @@ def export(
 
     cfg = stage_config("export", params)
     out = _prepare_output(onnx) / "model.onnx"
-    result = stage.run(
-        cfg,
-        Path(model.path) / "best.pt",
-        out,
-        data=dataset.path if dataset is not None and cfg.quantize != "none" else None,
-    )
+    with _tracked("export", cfg, tracking, parent_run_id, onnx, out=out):
+        result = stage.run(
+            cfg,
+            Path(model.path) / "best.pt",
+            out,
+            data=dataset.path if dataset is not None and cfg.quantize != "none" else None,
+        )
     summary = {"opset": cfg.opset, "parity_max_abs_diff": result.parity_max_abs_diff}
     onnx.metadata.update(summary)
+    return summary
+
+
+def open_run(
+    tracking: TrackingParams,
+    parent_run_id: str = "",
+    code_version: str = "",
+    kfp_run_id: str = "",
+    kfp_run_name: str = "",
+    source: str = "",
+) -> str:
+    """Open the pipeline's parent MLflow run and return its id ("" when tracking is off).
+
+    With ``parent_run_id`` (a local rerun of a failed run, see ``cirl pipeline run
+    --cache``) that run is reopened instead of a new one made. Either way the run is tagged
+    with this KFP run's id, which is how :func:`close_run` finds it.
+
+    Raises:
+        CirlError: when the tracking store cannot be used (before any stage runs).
+    """
+    from cirl import tracking as layer
+
+    cfg = tracking_config(tracking)
+    if cfg is None or not cfg.track:
+        return ""
+    uri = layer.resolve_tracking_uri(cfg.tracking_uri)
+    if os.environ.get("KFP_POD_NAME") and uri.startswith("sqlite:"):
+        # in a cluster's pod a SQLite file dies with the pod: every record would be lost
+        raise CirlError(
+            f"tracking is on but the store is {uri}, a file inside this pod; set "
+            "MLFLOW_TRACKING_URI in the secret cirl-credentials (docs/cluster.md), or "
+            "tracking_params.tracking_uri, or turn tracking off (tracking.track=false)"
+        )
+    tags = {
+        "cirl.kfp_run_id": kfp_run_id,
+        "cirl.kfp_run_name": kfp_run_name,
+        "cirl.code_version": code_version,
+        "cirl.source": source,
+    }
+    if parent_run_id:
+        return layer.reopen_pipeline_run(parent_run_id, cfg, tags)
+    return layer.start_pipeline_run(cfg, run_name=kfp_run_name or None, tags=tags)
+
+
+def close_run(tracking: TrackingParams, parent_run_id: str) -> None:
+    """End the pipeline's parent run FINISHED: the last task, after registration.
+
+    A stage that fails ends the parent run FAILED itself (see :func:`_tracked`); a rerun that
+    completes (KFP's retry, or ``cirl pipeline run --cache``) ends it FINISHED here.
+    """
+    from cirl import tracking as layer
+
+    cfg = tracking_config(tracking)
+    if cfg is None or not cfg.track or not parent_run_id:
+        return
+    layer.end_pipeline_run(parent_run_id, cfg)
+
+
+def register(
+    onnx: ArtifactLike,
+    evaluation: ArtifactLike,
+    checkpoint: ArtifactLike,
+    params: Mapping[str, Any],
+    registration: ArtifactLike,
+    tracking: TrackingParams = None,
+    parent_run_id: str = "",
+) -> dict:
+    """Register the exported model (with its evaluation) and, if configured, promote it.
+
+    Writes ``registration.json`` (version, ``models:/`` URI, scores, the promotion's
+    decision) into the ``registration`` artifact folder.
+    """
+    import dataclasses
+    import json
+
+    from cirl import registry
+    from cirl.staging import staged_file
+
+    cfg = stage_config("register", params)
+    out = _prepare_output(registration)
+    tracking_cfg = tracking_config(tracking)
+    if tracking_cfg is None or not tracking_cfg.track:
+        # the registry lives in the tracking store: nothing to register into
+        summary = {"registered": False, "reason": "tracking is off (tracking.track: false)"}
+        out.mkdir(parents=True, exist_ok=True)
+        with staged_file(out / "registration.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        registration.metadata.update(summary)
+        print(f"register: not registered: {summary['reason']}", file=sys.stderr)
+        return summary
+    result = registry.register(
+        cfg,
+        Path(onnx.path) / "model.onnx",
+        evaluation.path,
+        Path(checkpoint.path) / "best.pt",
+        tracking_cfg,
+        parent_run_id or None,
+    )
+    summary = {"registered": True, **dataclasses.asdict(result)}
+    out.mkdir(parents=True, exist_ok=True)
+    with staged_file(out / "registration.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    registration.metadata.update(
+        {
+            "model": result.name,
+            "version": result.version,
+            "uri": result.model_uri,
+            "mlflow_run_id": result.run_id,
+            **({"alias": result.promotion.alias} if result.promotion else {}),
+        }
+    )
     return summary

@@ -719,13 +719,20 @@ def _params(cfg: Any) -> dict[str, str]:
     return {k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in values.items()}
 
 
-def _parent(tracking: Tracking, parent_run_id: str | None) -> tuple[str | None, str]:
-    """The parent run id (argument, else ``$CIRL_PARENT_RUN_ID``) and its experiment id."""
+# Tags of the pipeline run its stage runs carry too: which KFP run and which code.
+INHERITED_TAGS = ("cirl.kfp_run_id", "cirl.kfp_run_name", "cirl.code_version")
+
+
+def _parent(
+    tracking: Tracking, parent_run_id: str | None
+) -> tuple[str | None, str, dict[str, str]]:
+    """The parent run id (argument, else ``$CIRL_PARENT_RUN_ID``), its experiment id, and the
+    tags of it that stage runs inherit (:data:`INHERITED_TAGS`)."""
     from mlflow.exceptions import MlflowException
 
     parent = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
     if parent is None:
-        return None, tracking.experiment_id
+        return None, tracking.experiment_id, {}
     try:
         run = tracking.client.get_run(parent)
     except MlflowException:
@@ -734,7 +741,8 @@ def _parent(tracking: Tracking, parent_run_id: str | None) -> tuple[str | None, 
             f"parent run {parent} ({source}) not found at {tracking.uri}; pass the id printed "
             f"by the pipeline's start, or unset {PARENT_RUN_ENV} to record a top-level run"
         ) from None
-    return parent, run.info.experiment_id
+    inherited = {k: run.data.tags[k] for k in INHERITED_TAGS if run.data.tags.get(k)}
+    return parent, run.info.experiment_id, inherited
 
 
 @contextlib.contextmanager
@@ -778,8 +786,10 @@ def stage_run(
         return
     connection = connect(tracking)
     client = connection.client
-    parent, experiment_id = _parent(connection, parent_run_id)
-    run_tags = lineage_tags({"cirl.stage": stage, "mlflow.parentRunId": parent, **(tags or {})})
+    parent, experiment_id, inherited = _parent(connection, parent_run_id)
+    run_tags = lineage_tags(
+        {**inherited, "cirl.stage": stage, "mlflow.parentRunId": parent, **(tags or {})}
+    )
     run_tags.setdefault("mlflow.user", _user())
     run_tags.setdefault("mlflow.source.name", f"cirl {stage}")
     try:
@@ -880,6 +890,53 @@ def start_pipeline_run(
     return run.info.run_id
 
 
+def reopen_pipeline_run(
+    run_id: str, tracking: TrackingConfig | None = None, tags: Mapping[str, Any] | None = None
+) -> str:
+    """Mark an earlier pipeline run RUNNING again (a rerun that continues it) and tag it.
+
+    Raises:
+        CirlError: when the run does not exist or is not a pipeline run.
+    """
+    from mlflow.entities import RunTag
+    from mlflow.exceptions import MlflowException
+
+    connection = connect(tracking or TrackingConfig(track=True))
+    client = connection.client
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise CirlError(
+            f"pipeline run {run_id} not found at {connection.uri}; run without the parent run "
+            "id to open a new one"
+        ) from None
+    if run.data.tags.get("cirl.stage") != "pipeline":
+        raise CirlError(f"run {run_id} at {connection.uri} is not a pipeline run")
+    values = {k: str(v) for k, v in (tags or {}).items() if v not in (None, "")}
+    if run.info.status != "RUNNING":  # continues an attempt that ended
+        values["cirl.reruns"] = str(int(run.data.tags.get("cirl.reruns", "0")) + 1)
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in values.items()])
+    if "cirl.error" in run.data.tags:  # the error of the attempt this one continues
+        client.delete_tag(run_id, "cirl.error")
+    client.update_run(run_id, status="RUNNING")
+    os.environ[PARENT_RUN_ENV] = run_id
+    return run_id
+
+
+def find_pipeline_run(kfp_run_id: str, tracking: TrackingConfig | None = None) -> str | None:
+    """The id of the pipeline run tagged with KFP run ``kfp_run_id`` (None when there is none)."""
+    if not kfp_run_id:
+        return None
+    connection = connect(tracking or TrackingConfig(track=True))
+    value = kfp_run_id.replace("'", "")
+    runs = connection.client.search_runs(
+        [connection.experiment_id],
+        filter_string=f"tags.`cirl.stage` = 'pipeline' and tags.`cirl.kfp_run_id` = '{value}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def end_pipeline_run(
     run_id: str,
     tracking: TrackingConfig | None = None,
@@ -889,6 +946,10 @@ def end_pipeline_run(
     connection = connect(tracking or TrackingConfig(track=True))
     if isinstance(error, str):
         error = CirlError(error)
+    if error is None:  # a rerun that completed: the error of the failed attempt is history
+        with contextlib.suppress(Exception):
+            if "cirl.error" in connection.client.get_run(run_id).data.tags:
+                connection.client.delete_tag(run_id, "cirl.error")
     _end(connection.client, run_id, error)
     if os.environ.get(PARENT_RUN_ENV) == run_id:
         del os.environ[PARENT_RUN_ENV]
