@@ -274,3 +274,21 @@ def test_command_line_verify_and_retrain(chain, tmp_path, capsys):
 
     assert main(["audit", f"models:/{NAME}@gold", "--out", str(out), *uri]) == 2
     assert "error: cannot audit" in capsys.readouterr().err
+
+
+def test_at_a_time_audits_the_version_that_held_the_alias_then(chain, tmp_path, capsys):
+    """ "Which model was champion on date X": from the recorded alias moves."""
+    import datetime as dt
+
+    from cirl.cli import main
+
+    uri = ["--tracking-uri", chain["store"].tracking_uri, "--out", str(tmp_path), "-q"]
+    now = dt.datetime.now(dt.UTC).isoformat()
+    assert main(["audit", f"models:/{NAME}@champion", "--at", now, *uri]) == 0
+    captured = capsys.readouterr()
+    assert f"models:/{NAME}@champion at {now}: models:/{NAME}/1" in captured.err
+    assert json.loads((tmp_path / "audit.json").read_text())["lineage"]["version"] == "1"
+    assert main(["audit", f"models:/{NAME}@champion", "--at", "2000-01-01", *uri]) == 2
+    assert f"no version of '{NAME}' held 'champion' at 2000-01-01" in capsys.readouterr().err
+    assert main(["audit", f"models:/{NAME}/1", "--at", "2000-01-01", *uri]) == 2
+    assert "--at needs a models:/NAME@ALIAS URI" in capsys.readouterr().err

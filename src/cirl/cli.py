@@ -255,11 +255,15 @@ def _cmd_promote(args: argparse.Namespace, cfg) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace, cfg) -> int:
-    from cirl import audit
+    from cirl import audit, registry
 
+    uri = args.uri
+    if args.at:
+        uri = registry.version_uri_at(args.uri, args.at, resolved_config(args, "tracking"))
+        print(f"{args.uri} at {args.at}: {uri}", file=sys.stderr)
     result = audit.run(
         cfg,
-        args.uri,
+        uri,
         args.out,
         verify=args.verify,
         retrain=args.retrain,
@@ -493,6 +497,12 @@ COMMANDS: tuple[Command, ...] = (
             arg("--verify", action="store_true", help="check data, weights and scores"),
             arg("--retrain", action="store_true", help="train again and compare"),
             arg("--data", metavar="DIR", help="prepared folder instead of the recorded one"),
+            arg(
+                "--at",
+                metavar="TIME",
+                help="audit the version that held the alias at TIME (ISO 8601, UTC if no "
+                "zone, e.g. 2026-11-01 or 2026-11-01T08:00): which model was champion then",
+            ),
         ),
     ),
 )

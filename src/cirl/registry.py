@@ -644,13 +644,42 @@ def champion_at(
 ) -> str | None:
     """The version that held ``champion`` at ``when`` (naive times are UTC); None before the
     first recorded champion."""
+    return holder_at(name, CHAMPION, when, tracking)
+
+
+def holder_at(
+    name: str,
+    alias: str,
+    when: dt.datetime | str,
+    tracking: TrackingConfig | None = None,
+) -> str | None:
+    """The version that held ``alias`` at ``when`` (naive times are UTC), by the recorded
+    moves; None before the first recorded move of that alias."""
     when = _as_utc(when)
     holder = None
-    for move in alias_history(name, tracking, CHAMPION):
+    for move in alias_history(name, tracking, alias):
         if move.moved_at > when:
             break
         holder = move.version
     return holder
+
+
+def version_uri_at(uri: str, when: str, tracking: TrackingConfig | None = None) -> str:
+    """``models:/NAME@ALIAS`` as it resolved at ``when``: ``models:/NAME/VERSION``.
+
+    Raises:
+        CirlError: for a URI without an alias, or a time before the alias's first move.
+    """
+    match = _MODEL_URI.match(uri.strip())
+    if not match or not match.group(2):
+        raise CirlError(f"--at needs a models:/NAME@ALIAS URI, got {uri!r}")
+    name, alias = match.group(1), match.group(2)
+    version = holder_at(name, alias, when, tracking)
+    if version is None:
+        history = alias_history(name, tracking, alias)
+        first = f"; its first recorded move was at {history[0].moved_at}" if history else ""
+        raise CirlError(f"no version of {name!r} held {alias!r} at {when}{first}")
+    return f"models:/{name}/{version}"
 
 
 _MODEL_URI = re.compile(r"^models:/([A-Za-z0-9][A-Za-z0-9_.\-]*)(?:@([A-Za-z0-9_\-]+)|/(\d+))$")
