@@ -215,6 +215,12 @@ def test_local_run_goes_through_the_dag_and_links_outputs(raw, tmp_path, capsys)
     # registration: the first version becomes champion
     registration = json.loads((out / "registration" / "registration.json").read_text())
     assert registration["registered"] and registration["promotion"]["alias"] == "champion"
+    import mlflow
+
+    version = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_model_version(
+        "cirl-crack", registration["version"]
+    )
+    assert version.tags["cirl.kfp_run_id"] == kfp_run  # the version names its KFP run
     assert summary["registration"]["model_uri"] == registration["model_uri"]
 
 
@@ -249,6 +255,10 @@ def test_failing_task_stops_the_dag_and_a_fixed_rerun_reuses_the_cache(raw, tmp_
     assert parent.info.status == "FAILED" and "loss became" in parent.data.tags["cirl.error"]
     stage = next(r for r in runs.values() if r.info.run_name == "train phase 1")
     assert stage.info.status == "FAILED" and "loss became" in stage.data.tags["cirl.error"]
+    import mlflow
+
+    registry = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert registry.search_registered_models() == []  # nothing registered
 
     assert _run(raw, out, "--cache") == 0
     summary = json.loads(capfd.readouterr().out)

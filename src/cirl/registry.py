@@ -378,6 +378,11 @@ def register(
                 if meta.get(key):
                     (configs / f"{key}.json").write_text(meta[key] + "\n")
             run.log_artifact(configs)
+        # the KFP run and code version of the pipeline run this one is nested under
+        run_tags = client.get_run(run.run_id).data.tags
+        version_tags.update(
+            {k: run_tags[k] for k in tracking_layer.INHERITED_TAGS if run_tags.get(k)}
+        )
         try:
             with tracking_layer.mlflow_uri(run.tracking.uri):
                 version = mlflow.register_model(info.model_uri, cfg.name, tags=version_tags)
