@@ -6,21 +6,64 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-TORCH_PIN := torch==2.13.0
 DATA ?= data
 PARAMS ?= params.yaml
 
 .PHONY: install run test lint format clean pipelines image repro
 
+# The venv is the lock, exactly (docs/install.md): requirements.lock pins every package with its
+# sha256 hashes, resolved by uv for CPython 3.11 on Linux x86_64 from pyproject.toml (its
+# dependencies and dev extra) and LOCK_EXTRA. `make install` syncs the venv to it, then adds the
+# project itself, editable and without dependencies; `make lock` refreshes it after a change to
+# pyproject.toml (LOCK_ARGS=--upgrade moves every pin to the newest release that fits).
+LOCK := requirements.lock
+# torch: the CPU build (PyPI's torch pulls gigabytes of CUDA packages); uv and pip: the venv's
+# own tools, which `uv pip sync` would remove if the lock did not pin them.
+TORCH_PIN := torch==2.13.0+cpu
+LOCK_EXTRA := $(TORCH_PIN) uv pip
+LOCK_PLATFORM ?= --python-version 3.11 --python-platform x86_64-manylinux_2_28
+LOCK_TARGET ?= CPython 3.11 on linux x86_64
+LOCK_ARGS ?=
+# Where uv finds the torch CPU wheel: pip's own find-links (PIP_FIND_LINKS or pip.conf, as on
+# this project's machines), else PyTorch's page of CPU wheels.
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links \
+	2>/dev/null),https://download.pytorch.org/whl/cpu/torch/)
+UV_SOURCES = $(addprefix --find-links ,$(FIND_LINKS))
+UV := $(BIN)/uv
+define LOCK_TARGET_CHECK
+import platform, sys
+here = f"CPython {sys.version_info[0]}.{sys.version_info[1]} on {sys.platform} {platform.machine()}"
+if here != "$(LOCK_TARGET)":
+    sys.exit(f"make install: $(LOCK) is for $(LOCK_TARGET), $(VENV) has {here}: set PYTHON to "
+             "a Python for which the lock was made (and remove $(VENV)), or see docs/install.md")
+endef
+export LOCK_TARGET_CHECK
+
+.PHONY: lock
+
 install: $(VENV)/.installed
 
-# torch is pinned and installed first: the CPU wheel; an unpinned torch would pull CUDA builds.
-$(VENV)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+# No fallback to resolving afresh: a venv that resolved differently is what the lock prevents.
+$(VENV)/.installed: $(LOCK) pyproject.toml | $(UV)
+	@$(BIN)/python -c "$$LOCK_TARGET_CHECK"
+	$(UV) pip sync -q --python $(BIN)/python --require-hashes $(UV_SOURCES) $(LOCK)
+	$(UV) pip install -q --python $(BIN)/python --offline --no-deps --no-build-isolation -e .
+	$(UV) pip check --python $(BIN)/python || { echo "make install: the venv synced from" \
+		"$(LOCK) does not satisfy pyproject.toml: refresh it with 'make lock' (docs/install.md)" \
+		>&2; exit 1; }
 	touch $@
+
+# uv itself, bootstrapped by pip at the version and hash the lock pins (the committed one's
+# while a new LOCK=... does not exist yet).
+$(UV):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	sed -n '/^uv==/,/[^\\]$$/p' $(firstword $(wildcard $(LOCK)) requirements.lock) \
+		| $(BIN)/python -m pip install -q --no-deps --require-hashes -r /dev/stdin
+
+lock: | $(UV)
+	printf '%s\n' $(LOCK_EXTRA) | $(UV) pip compile -q pyproject.toml - --extra dev \
+		--generate-hashes $(LOCK_PLATFORM) $(UV_SOURCES) --custom-compile-command 'make lock' \
+		$(LOCK_ARGS) -o $(LOCK)
 
 RUNS ?= runs/synth
 
