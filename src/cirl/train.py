@@ -58,6 +58,9 @@ class TrainConfig:
         steps_per_epoch: optimizer steps per epoch; 0 = one pass over the training tiles.
         batch_size: crops per optimizer step.
         crop: side of the random training crops in pixels (0 = whole tiles).
+        crack_crops: share of the training crops centred on a random crack pixel of the tile,
+            in [0, 1]; the rest, and every crop of a tile without crack, are uniform (the
+            same sampling for every loss arm).
         lr: Adam learning rate (paper 1e-3).
         weight_decay: Adam weight decay (paper 5e-4).
         lam: lambda of L_Aseg, Eq. 7 (paper 0.3).
@@ -83,6 +86,7 @@ class TrainConfig:
     steps_per_epoch: int = 0
     batch_size: int = 2
     crop: int = 256
+    crack_crops: float = 0.0
     lr: float = 1e-3
     weight_decay: float = 5e-4
     lam: float = 0.3
@@ -105,6 +109,7 @@ class TrainConfig:
             "steps_per_epoch": self.steps_per_epoch >= 0,
             "batch_size": self.batch_size >= 1,
             "crop": self.crop >= 0,
+            "crack_crops": 0.0 <= self.crack_crops <= 1.0,
             "lr": self.lr > 0,
             "weight_decay": self.weight_decay >= 0,
             "lam": self.lam > 0,
@@ -307,7 +312,13 @@ def run(
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     train_set = TileDataset(
-        data, "train", crop=cfg.crop, augment=True, ambiguity=ambiguity, seed=cfg.seed
+        data,
+        "train",
+        crop=cfg.crop,
+        augment=True,
+        ambiguity=ambiguity,
+        seed=cfg.seed,
+        crack_crops=cfg.crack_crops,
     )
     val_set = TileDataset(data, "val")  # fail early, with a clear message, when there is none
     if cfg.verify_data:

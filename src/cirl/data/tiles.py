@@ -1,9 +1,12 @@
 """The prepared dataset as a torch ``Dataset``: tiles, masks, valid regions, ambiguity maps.
 
-Training samples are random square crops with flips and rotations by 90/180/270 degrees,
-applied identically to image, mask, valid region and ambiguity map. Randomness comes from a
-generator seeded by ``(seed, epoch, index)``, so an epoch is reproducible whatever the number of
-loader workers, and a run resumed at an epoch boundary sees exactly the same samples.
+Training samples are square crops with flips and rotations by 90/180/270 degrees, applied
+identically to image, mask, valid region and ambiguity map. A share ``crack_crops`` of the crops
+is centred on a crack pixel of the tile drawn at random (nnU-Net's foreground oversampling: in
+tiles where cracks cover well under 1% of the pixels, uniform crops mostly show no crack), the
+rest are uniform; a tile without crack pixels always gets a uniform crop. Randomness comes from
+a generator seeded by ``(seed, epoch, index)``, so an epoch is reproducible whatever the number
+of loader workers, and a run resumed at an epoch boundary sees exactly the same samples.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class TileDataset(Dataset):
         ambiguity: a ``cirl select`` output folder whose ``ambiguous/<tile_id>.png`` maps are
             loaded as the ``ambiguous`` field (zeros when None).
         seed: base seed of the augmentation.
+        crack_crops: share of the training crops centred on a random crack pixel, in [0, 1];
+            the rest (and every crop of a tile without crack) are uniform.
 
     Items are dicts: ``image`` (3, H, W) float RGB in [0, 1]; ``mask``, ``valid``, ``ambiguous``
     (1, H, W) float in {0, 1}; ``tile_id`` str.
@@ -90,12 +95,16 @@ class TileDataset(Dataset):
         augment: bool = False,
         ambiguity: str | os.PathLike | None = None,
         seed: int = 0,
+        crack_crops: float = 0.0,
     ) -> None:
+        if not 0.0 <= crack_crops <= 1.0:
+            raise CirlError(f"crack_crops must lie in [0, 1], got {crack_crops!r}")
         self.root = Path(root)
         self.records = [r for r in read_manifest(self.root) if r.split == split]
         if not self.records:
             raise CirlError(f"{self.root}: manifest has no tiles in split {split!r}")
         self.split, self.crop, self.augment, self.seed = split, crop, augment, seed
+        self.crack_crops = crack_crops
         self.ambiguity = Path(ambiguity) if ambiguity is not None else None
         if self.ambiguity is not None and not (self.ambiguity / "ambiguous").is_dir():
             raise CirlError(
@@ -116,7 +125,7 @@ class TileDataset(Dataset):
         if self.crop or self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             if self.crop:
-                arrays = _random_crop(arrays, self.crop, record, rng)
+                arrays = _random_crop(arrays, self.crop, record, rng, self.crack_crops)
             if self.augment:
                 arrays = _flip_rotate(arrays, rng)
         item = to_tensors(arrays)
@@ -124,13 +133,36 @@ class TileDataset(Dataset):
         return item
 
 
-def _random_crop(arrays: dict, crop: int, record: TileRecord, rng: np.random.Generator) -> dict:
-    """A ``crop`` x ``crop`` window inside the tile's real pixels (zero-padded if smaller)."""
+def _random_crop(
+    arrays: dict,
+    crop: int,
+    record: TileRecord,
+    rng: np.random.Generator,
+    crack_crops: float = 0.0,
+) -> dict:
+    """A ``crop`` x ``crop`` window inside the tile's real pixels (zero-padded if smaller).
+
+    With probability ``crack_crops`` the window is centred on a crack pixel drawn uniformly
+    from the tile's real pixels, then shifted to stay inside them; uniform otherwise, and
+    whenever the tile has no crack pixel.
+    """
     h, w = arrays["mask"].shape
     # padding lies bottom/right, so the photo's pixels are the box's extent from the top-left
     real_w, real_h = min(w, record.x1 - record.x0), min(h, record.y1 - record.y0)
-    y = int(rng.integers(0, max(real_h - crop, 0) + 1))
-    x = int(rng.integers(0, max(real_w - crop, 0) + 1))
+    max_y, max_x = max(real_h - crop, 0), max(real_w - crop, 0)
+    centre = None
+    # no draw at crack_crops=0, so the uniform stream is the same as before the option existed
+    if crack_crops > 0 and rng.random() < crack_crops:
+        ys, xs = np.nonzero(arrays["mask"][:real_h, :real_w])
+        if len(ys):
+            pick = int(rng.integers(0, len(ys)))
+            centre = int(ys[pick]), int(xs[pick])
+    if centre is None:
+        y = int(rng.integers(0, max_y + 1))
+        x = int(rng.integers(0, max_x + 1))
+    else:
+        y = min(max(centre[0] - crop // 2, 0), max_y)
+        x = min(max(centre[1] - crop // 2, 0), max_x)
     out = {}
     for key, array in arrays.items():
         part = array[y : y + crop, x : x + crop]
