@@ -223,15 +223,9 @@ def _resolve(client: Any, store: str, uri: str) -> tuple[Any, str | None]:
     """The model version a URI names, and the alias it was named by."""
     from mlflow.exceptions import MlflowException
 
-    from cirl.registry import _MODEL_URI, DEFAULT_MODEL_NAME
+    from cirl.registry import parse_model_uri
 
-    match = _MODEL_URI.match(uri)
-    if not match:
-        raise CirlError(
-            f"model URI {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION "
-            f"(e.g. models:/{DEFAULT_MODEL_NAME}@champion)"
-        )
-    name, alias, number = match.groups()
+    name, alias, number = parse_model_uri(uri)
     try:
         model = client.get_registered_model(name)
     except MlflowException:

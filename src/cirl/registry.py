@@ -675,10 +675,9 @@ def version_uri_at(uri: str, when: str, tracking: TrackingConfig | None = None) 
     Raises:
         CirlError: for a URI without an alias, or a time before the alias's first move.
     """
-    match = _MODEL_URI.match(uri.strip())
-    if not match or not match.group(2):
+    name, alias, _ = parse_model_uri(uri.strip())
+    if alias is None:
         raise CirlError(f"--at needs a models:/NAME@ALIAS URI, got {uri!r}")
-    name, alias = match.group(1), match.group(2)
     version = holder_at(name, alias, when, tracking)
     if version is None:
         history = alias_history(name, tracking, alias)
@@ -688,6 +687,23 @@ def version_uri_at(uri: str, when: str, tracking: TrackingConfig | None = None) 
 
 
 _MODEL_URI = re.compile(r"^models:/([A-Za-z0-9][A-Za-z0-9_.\-]*)(?:@([A-Za-z0-9_\-]+)|/(\d+))$")
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@ALIAS`` -> ``(NAME, ALIAS, None)``; ``models:/NAME/VERSION`` ->
+    ``(NAME, None, VERSION)``.
+
+    Raises:
+        CirlError: for anything else, with an example of the form.
+    """
+    match = _MODEL_URI.match(uri)
+    if not match:
+        raise CirlError(
+            f"model URI {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION "
+            f"(e.g. models:/{DEFAULT_MODEL_NAME}@champion)"
+        )
+    name, alias, number = match.groups()
+    return name, alias, number
 
 
 def cache_folder() -> Path:
@@ -722,13 +738,7 @@ def fetch_model(
 
     from cirl.tracking import artifact_error, mlflow_uri, open_store
 
-    match = _MODEL_URI.match(uri)
-    if not match:
-        raise CirlError(
-            f"model URI {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION "
-            f"(e.g. models:/{DEFAULT_MODEL_NAME}@champion)"
-        )
-    name, alias, number = match.groups()
+    name, alias, number = parse_model_uri(uri)
     try:
         client, store = open_store(tracking_uri, timeout, must_exist=True)
     except CirlError as exc:
