@@ -37,14 +37,19 @@ TRAIN = {
     "seed": 3,
 }
 # Numbers of a history record that are timings, not results.
-TIMINGS = {"seconds", "images_per_s"}
+TIMINGS = {"seconds", "images_per_s", "val_seconds"}
 
 
-def run_chain(data: Path, ambiguity: Path, out: Path) -> None:
+# The CPU fast path (bfloat16 autocast where the CPU has it, NHWC): just as repeatable.
+FAST = {"precision": "bf16", "channels_last": True}
+
+
+def run_chain(data: Path, ambiguity: Path, out: Path, fast: bool = False) -> None:
     """Phase I -> select -> phase II (on ``ambiguity``) -> evaluate, all into ``out``."""
     from cirl import evaluate, selection, train
 
-    train.run(train.TrainConfig(**TRAIN, phase=1), data, out / "p1", progress=False)
+    params = {**TRAIN, **(FAST if fast else {})}
+    train.run(train.TrainConfig(**params, phase=1), data, out / "p1", progress=False)
     selection.run(
         selection.SelectConfig(fraction=0.5, device="cpu"),
         data,
@@ -53,7 +58,7 @@ def run_chain(data: Path, ambiguity: Path, out: Path) -> None:
         progress=False,
     )
     train.run(
-        train.TrainConfig(**TRAIN, phase=2),
+        train.TrainConfig(**params, phase=2),
         data,
         out / "p2",
         init=out / "p1" / "best.pt",
@@ -143,11 +148,44 @@ def test_ci_loss_gradient_is_bitwise_repeatable():
     assert all(torch.equal(grads[0], g) for g in grads[1:])
 
 
-def test_chain_is_identical_twice_in_one_process(inputs, tmp_path):
+@pytest.mark.parametrize("fast", [False, True], ids=["fp32", "bf16-channels-last"])
+def test_chain_is_identical_twice_in_one_process(inputs, tmp_path, fast):
     data, ambiguity = inputs
-    run_chain(data, ambiguity, tmp_path / "a")
-    run_chain(data, ambiguity, tmp_path / "b")
+    run_chain(data, ambiguity, tmp_path / "a", fast)
+    run_chain(data, ambiguity, tmp_path / "b", fast)
     assert_same_outputs(tmp_path / "a", tmp_path / "b")
+    if fast:  # and the fast path really ran, recorded with the run
+        for phase in ("p1", "p2"):
+            provenance = load_checkpoint(tmp_path / "a" / phase / "last.pt")["provenance"]
+            assert provenance["precision"] == "bf16" and provenance["channels_last"] is True
+
+
+def test_fast_path_is_a_different_computation_from_fp32(inputs, tmp_path):
+    """bf16 autocast changes the weights (it is not silently ignored), but not by much."""
+    from cirl import train
+
+    weights = {}
+    for name, extra in (("fp32", {}), ("bf16", FAST)):
+        params = {**TRAIN, "loss": "bce", **extra}
+        train.run(train.TrainConfig(**params), inputs[0], tmp_path / name, progress=False)
+        weights[name] = load_checkpoint(tmp_path / name / "last.pt")["model"]
+    deltas = [(weights["fp32"][k] - weights["bf16"][k]).abs().max() for k in weights["fp32"]]
+    assert max(deltas) > 0
+    assert max(deltas) < 0.05
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    from cirl import train
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert train.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    assert train.resolve_precision("auto", cpu) == "fp32"
+    assert train.resolve_precision("bf16", cpu) == "bf16"
+    assert train.resolve_precision("bf16", torch.device("cuda")) == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        train.TrainConfig(precision="fp16")
 
 
 def test_chain_is_identical_in_two_processes(inputs, tmp_path):

@@ -62,6 +62,11 @@ class TrainConfig:
             in [0, 1]; the rest, and every crop of a tile without crack, are uniform (the
             same sampling for every loss arm).
         lr: Adam learning rate (paper 1e-3).
+        lr_schedule: ``constant`` (the paper) or ``cosine`` (from ``lr`` down to 0 over the
+            run's ``epochs * steps_per_epoch`` steps; a function of the step, so a resumed run
+            continues it exactly).
+        pos_weight: weight of the crack pixels in the BCE terms (1 = plain BCE).
+        dice: weight of a soft Dice term on the supervised pixels next to BCE (0 = none).
         weight_decay: Adam weight decay (paper 5e-4).
         lam: lambda of L_Aseg, Eq. 7 (paper 0.3).
         aseg_weight: weight of L_Aseg next to BCE in phase 1.
@@ -72,7 +77,14 @@ class TrainConfig:
         seed: seeds weights, data order, augmentation and CI sampling.
         workers: data-loader processes.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        amp: mixed precision on CUDA (ignored on CPU).
+        amp: mixed precision on CUDA (float16 autocast with a gradient scaler; ignored on CPU).
+        precision: on CPU, ``fp32``, ``bf16`` (bfloat16 autocast of the forward pass, fp32
+            weights, optimizer and loss) or ``auto`` (``bf16`` where the CPU computes bfloat16
+            natively: AMX or AVX-512 BF16, else ``fp32``). The resolved value is recorded with
+            the run. Ignored on CUDA (``amp``). ``fp32`` is the dataclass default so that runs
+            recorded before the option existed retrain as they ran; ``params.yaml`` says ``auto``.
+        channels_last: NHWC memory format for the model and batches (faster convolutions on
+            CPU, numerically equivalent up to float rounding).
         val_every: validate every N epochs (and at the last one).
         verify_data: check the train and val files against the manifest's SHA-256 before
             training (read once each; off only for data you trust and changed on purpose).
@@ -88,6 +100,9 @@ class TrainConfig:
     crop: int = 256
     crack_crops: float = 0.0
     lr: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    pos_weight: float = 1.0
+    dice: float = 0.0
     weight_decay: float = 5e-4
     lam: float = 0.3
     aseg_weight: float = 1.0
@@ -99,6 +114,8 @@ class TrainConfig:
     workers: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    channels_last: bool = False
     val_every: int = 1
     verify_data: bool = True
 
@@ -111,6 +128,9 @@ class TrainConfig:
             "crop": self.crop >= 0,
             "crack_crops": 0.0 <= self.crack_crops <= 1.0,
             "lr": self.lr > 0,
+            "lr_schedule": self.lr_schedule in ("constant", "cosine"),
+            "pos_weight": self.pos_weight > 0,
+            "dice": self.dice >= 0,
             "weight_decay": self.weight_decay >= 0,
             "lam": self.lam > 0,
             "aseg_weight": self.aseg_weight >= 0,
@@ -120,6 +140,7 @@ class TrainConfig:
             "width": self.width >= 0,
             "workers": self.workers >= 0,
             "device": self.device in ("auto", "cpu", "cuda"),
+            "precision": self.precision in ("auto", "fp32", "bf16"),
             "val_every": self.val_every >= 1,
         }
         bad = [key for key, ok in checks.items() if not ok]
@@ -161,6 +182,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check: AMX or AVX-512 BF16)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """The autocast precision of the forward pass: ``fp16`` (CUDA amp), ``bf16`` or ``fp32``.
+
+    ``bf16`` requested on a CPU without native bfloat16 still runs (emulated, slower); ``auto``
+    only picks it where the CPU has it.
+    """
+    if device.type != "cpu":
+        return "fp32"
+    if name == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return name
+
+
+def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``total`` (``lr_schedule``)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+
+
 def _new_model(cfg: TrainConfig):
     from cirl.models import build_model
 
@@ -174,7 +223,7 @@ def compute_loss(
     cfg: TrainConfig, out, batch: dict, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, dict]:
     """The loss of one batch for the configured arm, and its parts for logging."""
-    from cirl.losses import aseg_loss, ci_loss, masked_bce
+    from cirl.losses import aseg_loss, ci_loss, masked_bce, soft_dice_loss
 
     mask, valid = batch["mask"], batch["valid"]
     logits = out.logits.float()
@@ -182,7 +231,7 @@ def compute_loss(
     if cfg.loss == "cirl" and cfg.phase == 2:
         ambiguous = batch["ambiguous"] * valid
         supervised = valid * (1.0 - ambiguous)
-        bce = masked_bce(logits, mask, supervised)
+        bce = masked_bce(logits, mask, supervised, cfg.pos_weight)
         ci = ci_loss(
             torch.sigmoid(logits),
             out.features.float(),
@@ -196,7 +245,7 @@ def compute_loss(
         parts["ambiguous_fraction"] = float(ambiguous.sum() / valid.sum().clamp_min(1))
     else:
         supervised = valid
-        bce = masked_bce(logits, mask, supervised)
+        bce = masked_bce(logits, mask, supervised, cfg.pos_weight)
         loss = bce
         if cfg.uses_std_head:
             aseg = aseg_loss(
@@ -205,6 +254,10 @@ def compute_loss(
             loss = loss + cfg.aseg_weight * aseg
             parts["aseg"] = float(aseg.detach())
     parts["bce"] = float(bce.detach())
+    if cfg.dice > 0:
+        dice = soft_dice_loss(torch.sigmoid(logits), mask, supervised)
+        loss = loss + cfg.dice * dice
+        parts["dice"] = float(dice.detach())
     if (out.aux_logits or out.boundary_logits) and cfg.deep_supervision > 0:
         from cirl.models.jtfn import jtfn_deep_supervision_loss
 
@@ -215,8 +268,14 @@ def compute_loss(
 
 
 @torch.no_grad()
-def validate(model, data: Path, device: torch.device) -> dict:
-    """Per-image mean P/R/F1 at 0.5 (the paper's protocol) on the validation split."""
+def validate(
+    model, data: Path, device: torch.device, autocast_dtype: torch.dtype | None = None
+) -> dict:
+    """Per-image mean P/R/F1 at 0.5 (the paper's protocol) on the validation split.
+
+    ``autocast_dtype``: the training's autocast precision (bf16 on CPU halves the cost of a
+    validation; its F1 only chooses ``best.pt``, the evaluate stage scores in fp32).
+    """
     from cirl.data.tiles import TileDataset
     from cirl.inference import predict_prob
     from cirl.metrics import SegmentationMetrics
@@ -224,7 +283,13 @@ def validate(model, data: Path, device: torch.device) -> dict:
     model.eval()
     metrics = SegmentationMetrics()
     for item in TileDataset(data, "val"):
-        prob = predict_prob(model, item["image"][None].to(device))[0, 0].cpu().numpy()
+        with torch.autocast(
+            device_type=device.type,
+            dtype=autocast_dtype or torch.float32,
+            enabled=autocast_dtype is not None,
+        ):
+            prob = predict_prob(model, item["image"][None].to(device))
+        prob = prob[0, 0].float().cpu().numpy()
         metrics.add(
             item["tile_id"], prob, item["mask"][0].numpy() > 0.5, item["valid"][0].numpy() > 0.5
         )
@@ -349,6 +414,12 @@ def run(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    precision = "fp16" if use_amp else resolve_precision(cfg.precision, device)
+    autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    provenance["precision"] = precision
+    provenance["channels_last"] = cfg.channels_last
     history: list[dict] = []
     start_epoch, best_f1, best_epoch = 0, -1.0, -1
     last_path, best_path = out / "last.pt", out / "best.pt"
@@ -414,8 +485,13 @@ def run(
                     k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                     for k, v in batch.items()
                 }
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    output = model(batch["image"])
+                image = batch["image"].contiguous(memory_format=memory_format)
+                with torch.autocast(
+                    device_type=device.type,
+                    dtype=autocast_dtype or torch.float32,
+                    enabled=autocast_dtype is not None,
+                ):
+                    output = model(image)
                 loss, parts = compute_loss(cfg, output, batch, ci_generator)
                 if not torch.isfinite(loss):
                     kept = (
@@ -428,6 +504,8 @@ def run(
                         f"step {step + 1} ({parts}); {kept}. Lower --lr, check the data, or "
                         "resume from the checkpoint"
                     )
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg, epoch * steps + step, cfg.epochs * steps)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -451,14 +529,17 @@ def run(
                 "images_per_s": seen / seconds,
             }
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-                record["val"] = validate(model, data, device)
+                t_val = time.perf_counter()
+                record["val"] = validate(model, data, device, autocast_dtype)
+                record["val_seconds"] = time.perf_counter() - t_val
             history.append(record)
             log.info("epoch %d: %s", epoch + 1, record)
             improved = "val" in record and record["val"]["f1"] > best_f1
             if improved:
                 best_f1, best_epoch = record["val"]["f1"], epoch + 1
             payload = {
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                # contiguous: the same bytes whatever memory format trained them
+                "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                 "model_config": dict(model.config),
                 "config": to_dict(cfg),
                 "optimizer": optimizer.state_dict(),
