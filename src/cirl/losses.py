@@ -88,7 +88,10 @@ def aseg_loss(
 
 
 def masked_bce(
-    logits: torch.Tensor, target: torch.Tensor, weight_mask: torch.Tensor | None = None
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight_mask: torch.Tensor | None = None,
+    pos_weight: float = 1.0,
 ) -> torch.Tensor:
     """Binary cross-entropy on logits over the supervised pixels only.
 
@@ -97,6 +100,7 @@ def masked_bce(
         target: ``(N, 1, H, W)`` labels in {0, 1}.
         weight_mask: ``(N, 1, H, W)`` 1 where a pixel is supervised, 0 where not (padding,
             outside the field of view, the ambiguous set A in phase II); None = all pixels.
+        pos_weight: weight of the crack pixels' term (class balance; 1 = plain BCE).
 
     Returns:
         Scalar: the sum of per-pixel BCE over supervised pixels divided by their number
@@ -106,10 +110,40 @@ def masked_bce(
         raise ValueError(
             f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must match"
         )
+    weight = None
+    if pos_weight != 1.0:
+        weight = torch.tensor(float(pos_weight), dtype=logits.dtype, device=logits.device)
     per_pixel = F.binary_cross_entropy_with_logits(
-        logits, target.to(logits.dtype), reduction="none"
+        logits, target.to(logits.dtype), reduction="none", pos_weight=weight
     )
     return _weighted_mean(per_pixel, weight_mask)
+
+
+def soft_dice_loss(
+    prob: torch.Tensor,
+    target: torch.Tensor,
+    weight_mask: torch.Tensor | None = None,
+    smooth: float = 1.0,
+) -> torch.Tensor:
+    """``1 - soft Dice`` of the crack class over the supervised pixels, one score per batch.
+
+    Pooled over the batch (not per image) so that a crop without crack does not contribute a
+    loss that only an all-background prediction can lower.
+
+    Args:
+        prob: ``(N, 1, H, W)`` crack probabilities.
+        target: ``(N, 1, H, W)`` labels in {0, 1}.
+        weight_mask: 1 where a pixel is supervised; None = all pixels.
+        smooth: added to numerator and denominator (the loss of an empty batch is 0).
+    """
+    if prob.shape != target.shape:
+        raise ValueError(f"prob {tuple(prob.shape)} and target {tuple(target.shape)} must match")
+    target = target.to(prob.dtype)
+    if weight_mask is not None:
+        weight_mask = weight_mask.to(prob.dtype)
+        prob, target = prob * weight_mask, target * weight_mask
+    overlap = (prob * target).sum()
+    return 1.0 - (2.0 * overlap + smooth) / (prob.sum() + target.sum() + smooth)
 
 
 @torch.no_grad()
