@@ -102,6 +102,43 @@ def test_select_keeps_high_variance_ring_pixels_only(oracle_data, monkeypatch):
     assert high.selected_pixels == 0 and high.marginal_pixels == result.marginal_pixels
 
 
+def test_select_skips_tiles_without_crack_and_gives_them_an_empty_a(tmp_path, monkeypatch):
+    """A tile without crack has no marginal ring, so nothing can be selected there: the model
+    is not run on it, its A is empty, and the tiles with a crack are selected as before."""
+    root = tmp_path
+    for sub in ("images", "masks"):
+        (root / "raw" / sub).mkdir(parents=True)
+    for i in range(8):
+        mask = np.zeros((96, 128), np.uint8)
+        if i % 2 == 0:  # even photos have a crack, odd ones none
+            mask[40:43, 5:120] = 255
+        cv2.imwrite(str(root / "raw" / "images" / f"p{i}.png"), cv2.merge([mask] * 3))
+        cv2.imwrite(str(root / "raw" / "masks" / f"p{i}.png"), mask)
+    prepare(PrepareConfig(tile=0, split=(0.5, 0.25, 0.25)), root / "raw", "folder", root / "prep")
+    model = build_model("unet-small", base_width=4, std_head=True)
+    payload = {"model": model.state_dict(), "model_config": dict(model.config), "epoch": 0}
+    save_checkpoint(root / "model.pt", payload)
+    calls = []
+    oracle = _oracle(log_var=0.0)
+    monkeypatch.setattr(
+        "cirl.inference.predict_prob", lambda *a, **k: calls.append(1) or oracle(*a, **k)
+    )
+    cfg = selection.SelectConfig(gamma=0.4, device="cpu", split="train", verify_data=False)
+    result = selection.run(cfg, root / "prep", root / "model.pt", root / "s")
+    cracked = {
+        p.stem for p in (root / "prep" / "masks").iterdir() if cv2.imread(str(p), 0).any()
+    }
+    ambiguous = {p.stem: cv2.imread(str(p), 0) for p in (root / "s" / "ambiguous").iterdir()}
+    assert result.tiles == len(ambiguous) == 4  # every train tile gets a map
+    assert len(calls) == len(cracked & set(ambiguous))
+    assert 1 <= len(calls) <= 3  # both kinds of tile are in the train split
+    for tile_id, a in ambiguous.items():
+        assert a.any() == (tile_id in cracked)
+    stored = {p.stem for p in (root / "s" / "log_variance").iterdir()}
+    assert stored == cracked & set(ambiguous)
+    assert result.selected_fraction == 1.0
+
+
 def test_select_ambiguous_thresholds_variance_not_std():
     mask = np.zeros((7, 7), bool)
     mask[3, :] = True
