@@ -76,17 +76,20 @@ def run_arm(args: argparse.Namespace, data: Path, arm: str, seed: int) -> dict:
     from cirl import train
 
     share = 0.0 if arm == "uniform" else args.share
-    root = Path(args.work) / f"{arm}_seed{seed}"
+    root = Path(args.work) / f"{args.tag}{arm}_seed{seed}"
     cfg = train.TrainConfig(
-        model="unet-small",
-        loss="bce",
-        epochs=args.steps // args.every,
-        steps_per_epoch=args.every,
-        batch_size=2,
-        crop=256,
-        crack_crops=share,
-        seed=seed,
-        device="cpu",
+        **{
+            "model": "unet-small",
+            "loss": "bce",
+            "epochs": args.steps // args.every,
+            "steps_per_epoch": args.every,
+            "batch_size": 2,
+            "crop": 256,
+            "crack_crops": share,
+            "seed": seed,
+            "device": "cpu",
+            **json.loads(args.train_json),
+        }
     )
 
     curve_path = root / "curve.json"
@@ -158,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=250, help="steps between test scorings")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", default=None, help="result file (default WORK/RESULT.json)")
+    parser.add_argument(
+        "--train-json",
+        default="{}",
+        help='more TrainConfig keys for every arm, e.g. \'{"precision": "bf16"}\'',
+    )
+    parser.add_argument("--tag", default="", help="prefix of the arms' run folders under --work")
     args = parser.parse_args(argv)
     if args.steps % args.every:
         parser.error("--steps must be a multiple of --every")
@@ -201,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             "DeepCrack official split (237 test photos, whole 544x384 images); unet-small, BCE, "
             f"batch 2 of 256^2 crops, Adam 1e-3 wd 5e-4, CPU, {args.steps} steps; test per-image "
             "F1 at 0.5 (JTFN, empty = 0), ODS/OIS/AP over 99 thresholds, scored every "
-            f"{args.every} steps, never used to choose; crack arm crack_crops={args.share}"
+            f"{args.every} steps, never used to choose; crack arm crack_crops={args.share}; "
+            f"other train keys: {args.train_json}"
         ),
         "step_gflop_forward_backward": gflop,
         "ceiling_gflops": CEILING_GFLOPS,
@@ -209,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
     }
-    name = f"tta_{'_'.join(arms)}_s{'_'.join(map(str, seeds))}_{args.steps}.json"
+    name = f"tta_{args.tag}{'_'.join(arms)}_s{'_'.join(map(str, seeds))}_{args.steps}.json"
     path = Path(args.json) if args.json else work / name
     path.write_text(json.dumps(result, indent=2) + "\n")
 
