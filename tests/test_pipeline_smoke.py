@@ -185,6 +185,40 @@ def test_resume_continues_exactly(prepared):
         run(one, data, prepared / "resumed", resume=True, progress=False)
 
 
+def test_interrupted_run_of_the_main_recipe_resumes_exactly(prepared):
+    """Cosine schedule, class weights, crack-centred crops, bf16 and NHWC: a run cut after its
+    first epoch and resumed ends with the weights of the run that was never interrupted."""
+    from cirl.train import TrainConfig, run
+
+    recipe = {
+        "lr_schedule": "cosine",
+        "pos_weight": 10.0,
+        "crack_crops": 0.5,
+        "precision": "bf16",
+        "channels_last": True,
+    }
+    cfg = TrainConfig(
+        model="unet-small", width=8, epochs=2, steps_per_epoch=3, crop=64, device="cpu", **recipe
+    )
+    data = prepared / "prep"
+    run(cfg, data, prepared / "recipe_straight", progress=False)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(record):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(cfg, data, prepared / "recipe_cut", progress=False, on_epoch=stop)
+    assert load_checkpoint(prepared / "recipe_cut" / "last.pt")["epoch"] == 0
+    result = run(cfg, data, prepared / "recipe_cut", resume=True, progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    a = load_checkpoint(prepared / "recipe_straight" / "last.pt")["model"]
+    b = load_checkpoint(prepared / "recipe_cut" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_non_finite_loss_stops_and_keeps_checkpoint(prepared, monkeypatch):
     from cirl import train
 
