@@ -203,13 +203,13 @@ def test_interrupted_run_of_the_main_recipe_resumes_exactly(prepared):
     data = prepared / "prep"
     run(cfg, data, prepared / "recipe_straight", progress=False)
 
-    class Interrupted(Exception):
+    class CutError(Exception):
         pass
 
     def stop(record):
-        raise Interrupted
+        raise CutError
 
-    with pytest.raises(Interrupted):
+    with pytest.raises(CutError):
         run(cfg, data, prepared / "recipe_cut", progress=False, on_epoch=stop)
     assert load_checkpoint(prepared / "recipe_cut" / "last.pt")["epoch"] == 0
     result = run(cfg, data, prepared / "recipe_cut", resume=True, progress=False)
