@@ -125,9 +125,7 @@ def test_select_skips_tiles_without_crack_and_gives_them_an_empty_a(tmp_path, mo
     )
     cfg = selection.SelectConfig(gamma=0.4, device="cpu", split="train", verify_data=False)
     result = selection.run(cfg, root / "prep", root / "model.pt", root / "s")
-    cracked = {
-        p.stem for p in (root / "prep" / "masks").iterdir() if cv2.imread(str(p), 0).any()
-    }
+    cracked = {p.stem for p in (root / "prep" / "masks").iterdir() if cv2.imread(str(p), 0).any()}
     ambiguous = {p.stem: cv2.imread(str(p), 0) for p in (root / "s" / "ambiguous").iterdir()}
     assert result.tiles == len(ambiguous) == 4  # every train tile gets a map
     assert len(calls) == len(cracked & set(ambiguous))
