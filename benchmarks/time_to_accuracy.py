@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,11 +50,33 @@ def _log(message: str) -> None:
 
 
 def _score(data: Path, checkpoint: Path, out: Path) -> dict:
-    from cirl import evaluate
-
     if not (out / "metrics.json").is_file():
-        cfg = evaluate.EvaluateConfig(split="test", overlays=0, device="cpu", verify_data=False)
-        evaluate.run(cfg, data, checkpoint, out, progress=False)
+        # in its own process, as `cirl evaluate` runs in the product: inference needs the CPU's
+        # subnormals-as-zero mode set before the process's first parallel operation
+        # (cirl.inference.subnormals_as_zero), which this training process is long past
+        subprocess.run(
+            [
+                str(Path(sys.executable).with_name("cirl")),
+                "evaluate",
+                "--data",
+                str(data),
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(out),
+                "--split",
+                "test",
+                "--overlays",
+                "0",
+                "--device",
+                "cpu",
+                "--no-verify-data",
+                "--no-track",
+                "-q",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     metrics = json.loads((out / "metrics.json").read_text())
     return {
         "f1": metrics["f1"],

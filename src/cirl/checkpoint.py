@@ -44,13 +44,37 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def build_from_checkpoint(payload: dict[str, Any], std_head: bool | None = None) -> nn.Module:
+def zero_subnormal_(model: nn.Module) -> int:
+    """Set the subnormal float weights and buffers of ``model`` to zero, in place.
+
+    Weights that weight decay has driven towards zero end up subnormal (below 1.2e-38 in
+    float32), and x86 CPUs compute with subnormals through a slow microcode path: one trained
+    unet-small had 1,919 of them and ran a 544x384 image in 3.7 s instead of 0.24 s. Zeroing them
+    changes each output by less than 1e-37; it is done for inference only (training keeps its
+    weights bit for bit). Returns the number of values zeroed.
+    """
+    zeroed = 0
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                tiny = (tensor != 0) & (tensor.abs() < torch.finfo(tensor.dtype).tiny)
+                count = int(tiny.sum())
+                if count:
+                    tensor[tiny] = 0
+                    zeroed += count
+    return zeroed
+
+
+def build_from_checkpoint(
+    payload: dict[str, Any], std_head: bool | None = None, for_inference: bool = False
+) -> nn.Module:
     """Rebuild the model of a checkpoint and load its weights.
 
     Args:
         payload: from :func:`load_checkpoint`.
         std_head: force the std head on or off; None keeps what the checkpoint had. Weights of a
             std head absent from the checkpoint stay freshly initialised.
+        for_inference: eval mode, subnormal weights zeroed (:func:`zero_subnormal_`).
     """
     from cirl.models import build_model
 
@@ -69,6 +93,9 @@ def build_from_checkpoint(payload: dict[str, Any], std_head: bool | None = None)
             f"checkpoint weights do not fit model {name!r}: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
+    if for_inference:
+        zero_subnormal_(model)
+        model.eval()
     return model
 
 

@@ -198,8 +198,9 @@ def _cmd_train(args: argparse.Namespace, cfg) -> int:
 
 def _cmd_select(args: argparse.Namespace, cfg) -> int:
     from cirl import selection
+    from cirl.inference import subnormals_as_zero
 
-    with _tracked(args, "select", cfg, data=args.data, out=args.out) as run:
+    with subnormals_as_zero(), _tracked(args, "select", cfg, data=args.data, out=args.out) as run:
         result = selection.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
     _print_json(_with_run({"out": str(result.out), **result.summary()}, run))
     return 0
@@ -207,8 +208,9 @@ def _cmd_select(args: argparse.Namespace, cfg) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace, cfg) -> int:
     from cirl import evaluate
+    from cirl.inference import subnormals_as_zero
 
-    with _tracked(args, "evaluate", cfg, data=args.data, out=args.out) as run:
+    with subnormals_as_zero(), _tracked(args, "evaluate", cfg, data=args.data, out=args.out) as run:
         summary = evaluate.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
     keys = ("f1", "precision", "recall", "ods", "ois", "ap", "protocol")
     _print_json(_with_run({k: summary[k] for k in keys if k in summary}, run))
@@ -217,8 +219,9 @@ def _cmd_evaluate(args: argparse.Namespace, cfg) -> int:
 
 def _cmd_export(args: argparse.Namespace, cfg) -> int:
     from cirl import export
+    from cirl.inference import subnormals_as_zero
 
-    with _tracked(args, "export", cfg, out=args.out) as run:
+    with subnormals_as_zero(), _tracked(args, "export", cfg, out=args.out) as run:
         result = export.run(cfg, args.checkpoint, args.out, data=args.data)
     payload = {
         "out": str(result.out),
@@ -281,15 +284,17 @@ def _cmd_audit(args: argparse.Namespace, cfg) -> int:
 
 def _cmd_predict(args: argparse.Namespace, cfg) -> int:
     from cirl import predict
+    from cirl.inference import subnormals_as_zero
 
-    result = predict.run(
-        cfg,
-        args.input,
-        args.model,
-        args.out,
-        progress=not args.quiet,
-        tracking_uri=args.tracking_uri,
-    )
+    with subnormals_as_zero():
+        result = predict.run(
+            cfg,
+            args.input,
+            args.model,
+            args.out,
+            progress=not args.quiet,
+            tracking_uri=args.tracking_uri,
+        )
     _print_json(
         {
             "out": str(result.out),

@@ -217,7 +217,7 @@ def run(
     if out.suffix != ".onnx":
         raise CirlError(f"--out {out}: the exported model's file name must end in .onnx")
     payload = load_checkpoint(checkpoint)
-    model = build_from_checkpoint(payload, std_head=False).eval()
+    model = build_from_checkpoint(payload, std_head=False, for_inference=True)
     stride = int(model.stride)
     wrapper = ProbabilityModel(model).eval()
     report: dict = {

@@ -270,10 +270,14 @@ def select(
 ) -> dict:
     """Select the ambiguous pixels with the phase-I model (its ``last.pt``, as the paper)."""
     from cirl import selection as stage
+    from cirl.inference import subnormals_as_zero
 
     cfg = stage_config("select", params)
     out = _prepare_output(ambiguity)
-    with _tracked("select", cfg, tracking, parent_run_id, ambiguity, data=dataset.path, out=out):
+    with (
+        subnormals_as_zero(),
+        _tracked("select", cfg, tracking, parent_run_id, ambiguity, data=dataset.path, out=out),
+    ):
         result = stage.run(cfg, dataset.path, Path(phase1.path) / "last.pt", out, progress=False)
     summary = result.summary()
     ambiguity.metadata.update(summary)
@@ -299,18 +303,22 @@ def evaluate(
 ) -> dict:
     """Score the model's ``best.pt`` on the configured split; metrics, report and overlays."""
     from cirl import evaluate as stage
+    from cirl.inference import subnormals_as_zero
 
     cfg = stage_config("evaluate", params)
     out = _prepare_output(evaluation)
-    with _tracked(
-        "evaluate",
-        cfg,
-        tracking,
-        parent_run_id,
-        evaluation,
-        data=dataset.path,
-        out=out,
-        run_name=run_name or None,
+    with (
+        subnormals_as_zero(),
+        _tracked(
+            "evaluate",
+            cfg,
+            tracking,
+            parent_run_id,
+            evaluation,
+            data=dataset.path,
+            out=out,
+            run_name=run_name or None,
+        ),
     ):
         summary = stage.run(cfg, dataset.path, Path(model.path) / "best.pt", out, progress=False)
     scores = {
@@ -351,10 +359,11 @@ def export(
     The artifact is a folder: the model and its ``model.onnx.json`` report side by side.
     """
     from cirl import export as stage
+    from cirl.inference import subnormals_as_zero
 
     cfg = stage_config("export", params)
     out = _prepare_output(onnx) / "model.onnx"
-    with _tracked("export", cfg, tracking, parent_run_id, onnx, out=out):
+    with subnormals_as_zero(), _tracked("export", cfg, tracking, parent_run_id, onnx, out=out):
         result = stage.run(
             cfg,
             Path(model.path) / "best.pt",
