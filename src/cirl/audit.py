@@ -785,7 +785,7 @@ def _onnx_check(
             )
         )
     device = resolve_device(cfg.device)
-    model = build_from_checkpoint(payload, std_head=False, for_inference=True).to(device)
+    model = build_from_checkpoint(payload, std_head=False).to(device).eval()
     params = record["evaluation"].get("params") or {}
     metrics = SegmentationMetrics(
         float(params.get("threshold", 0.5)), 9, 0.0, float(params.get("empty_f1", 0.0))

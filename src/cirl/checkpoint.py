@@ -47,11 +47,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def zero_subnormal_(model: nn.Module) -> int:
     """Set the subnormal float weights and buffers of ``model`` to zero, in place.
 
-    Weights that weight decay has driven towards zero end up subnormal (below 1.2e-38 in
-    float32), and x86 CPUs compute with subnormals through a slow microcode path: one trained
-    unet-small had 1,919 of them and ran a 544x384 image in 3.7 s instead of 0.24 s. Zeroing them
-    changes each output by less than 1e-37; it is done for inference only (training keeps its
-    weights bit for bit). Returns the number of values zeroed.
+    Weight decay drives unused weights into the subnormal range (below 1.2e-38 in float32; one
+    trained unet-small had 1,919 such weights), which x86 CPUs compute through a slow path
+    unless the runtime treats subnormals as zero. Inside cirl that mode is on for inference
+    (:func:`cirl.inference.subnormals_as_zero`, onnxruntime's ``session.set_denormal_as_zero``);
+    ``cirl export`` also zeroes them so the deployed model carries none into runtimes that do
+    not. Zeroing changes each output by less than 1e-37. Returns the number of values zeroed.
     """
     zeroed = 0
     with torch.no_grad():
@@ -65,16 +66,13 @@ def zero_subnormal_(model: nn.Module) -> int:
     return zeroed
 
 
-def build_from_checkpoint(
-    payload: dict[str, Any], std_head: bool | None = None, for_inference: bool = False
-) -> nn.Module:
+def build_from_checkpoint(payload: dict[str, Any], std_head: bool | None = None) -> nn.Module:
     """Rebuild the model of a checkpoint and load its weights.
 
     Args:
         payload: from :func:`load_checkpoint`.
         std_head: force the std head on or off; None keeps what the checkpoint had. Weights of a
             std head absent from the checkpoint stay freshly initialised.
-        for_inference: eval mode, subnormal weights zeroed (:func:`zero_subnormal_`).
     """
     from cirl.models import build_model
 
@@ -93,9 +91,6 @@ def build_from_checkpoint(
             f"checkpoint weights do not fit model {name!r}: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
-    if for_inference:
-        zero_subnormal_(model)
-        model.eval()
     return model
 
 

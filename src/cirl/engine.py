@@ -65,8 +65,8 @@ class OnnxEngine:
         # has seen: on CPU it bought no speed here (unet-small, batch 4: 0.132 vs 0.135 s per
         # tile) but cost 37-45% more peak memory (jtfn, batch 4: 14.9 vs 8.2 GB).
         options.enable_mem_pattern = False
-        # subnormal floats as zero in every thread of the session (cirl.checkpoint's
-        # zero_subnormal_ says why: a model with subnormal weights runs up to 15x slower)
+        # subnormal floats as zero in every thread of the session (cirl.inference's
+        # subnormals_as_zero says why: a trained model ran up to 14x slower without it)
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
         if threads:
             options.intra_op_num_threads = threads
@@ -131,8 +131,7 @@ class TorchEngine:
             torch.set_num_threads(threads)
         payload = load_checkpoint(path)
         self.device = resolve_device(device)
-        self.model = build_from_checkpoint(payload, std_head=False, for_inference=True)
-        self.model.to(self.device)
+        self.model = build_from_checkpoint(payload, std_head=False).to(self.device).eval()
         self.stride = int(self.model.stride)
         self.description = {
             "file": str(path),

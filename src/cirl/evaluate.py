@@ -107,7 +107,7 @@ def run(
     data, checkpoint = Path(data), Path(checkpoint)
     payload = load_checkpoint(checkpoint)
     device = resolve_device(cfg.device)
-    model = build_from_checkpoint(payload, std_head=False, for_inference=True).to(device)
+    model = build_from_checkpoint(payload, std_head=False).to(device).eval()
     dataset = TileDataset(data, cfg.split)
     if cfg.verify_data:
         from cirl.data.manifest import verify_files

@@ -211,13 +211,19 @@ def run(
     """
     import onnx
 
-    from cirl.checkpoint import build_from_checkpoint, file_sha256, load_checkpoint
+    from cirl.checkpoint import (
+        build_from_checkpoint,
+        file_sha256,
+        load_checkpoint,
+        zero_subnormal_,
+    )
 
     checkpoint, out = Path(checkpoint), Path(out)
     if out.suffix != ".onnx":
         raise CirlError(f"--out {out}: the exported model's file name must end in .onnx")
     payload = load_checkpoint(checkpoint)
-    model = build_from_checkpoint(payload, std_head=False, for_inference=True)
+    model = build_from_checkpoint(payload, std_head=False).eval()
+    zero_subnormal_(model)  # the deployed model carries no subnormal weights
     stride = int(model.stride)
     wrapper = ProbabilityModel(model).eval()
     report: dict = {

@@ -210,7 +210,7 @@ def run(
             "(cirl train --phase 1 --loss cirl)"
         )
     device = resolve_device(cfg.device)
-    model = build_from_checkpoint(payload, for_inference=True).to(device)
+    model = build_from_checkpoint(payload).to(device).eval()
     model.to(memory_format=torch.channels_last)
     dataset = TileDataset(data, cfg.split)
     if cfg.verify_data:
