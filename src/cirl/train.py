@@ -267,6 +267,13 @@ def compute_loss(
     return loss, parts
 
 
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device``; None runs the block as it is (fp32)."""
+    return torch.autocast(
+        device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+    )
+
+
 @torch.no_grad()
 def validate(
     model, data: Path, device: torch.device, autocast_dtype: torch.dtype | None = None
@@ -283,11 +290,7 @@ def validate(
     model.eval()
     metrics = SegmentationMetrics()
     for item in TileDataset(data, "val"):
-        with torch.autocast(
-            device_type=device.type,
-            dtype=autocast_dtype or torch.float32,
-            enabled=autocast_dtype is not None,
-        ):
+        with _autocast(device, autocast_dtype):
             prob = predict_prob(model, item["image"][None].to(device))
         prob = prob[0, 0].float().cpu().numpy()
         metrics.add(
@@ -486,11 +489,7 @@ def run(
                     for k, v in batch.items()
                 }
                 image = batch["image"].contiguous(memory_format=memory_format)
-                with torch.autocast(
-                    device_type=device.type,
-                    dtype=autocast_dtype or torch.float32,
-                    enabled=autocast_dtype is not None,
-                ):
+                with _autocast(device, autocast_dtype):
                     output = model(image)
                 loss, parts = compute_loss(cfg, output, batch, ci_generator)
                 if not torch.isfinite(loss):
