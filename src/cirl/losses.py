@@ -1,7 +1,9 @@
 """The losses of CIRL (CVPR 2024) and the masked BCE they sit beside.
 
 * :func:`marginal_region`: the marginal non-crack ring ``M = dilate(y, k x k) - y`` (Eq. 1).
-* :func:`aseg_loss`: the ambiguity-aware segmentation loss of phase I (Eq. 7).
+* :func:`aseg_loss`: the ambiguity-aware segmentation loss of phase I (Eq. 7), or a
+  non-saturating surrogate with the same decision boundary (``form="logistic"``).
+* :func:`clamp_log_var`: the bound on the std head's ``s`` (hard, as first built, or soft).
 * :func:`masked_bce`: BCE over the supervised pixels only, normalised by their number.
 * :func:`ci_loss`: the clustering-inspired loss of phase II on the ambiguous pixels (Eq. 15),
   the upper bound of Proposition 2 without its constant.
@@ -12,6 +14,8 @@ and CI take ``prob = sigmoid(logits)``, the caller applies it once). Shapes foll
 """
 
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -41,11 +45,64 @@ def marginal_region(mask: np.ndarray, kernel: int = 5) -> np.ndarray:
     return dilated & ~crack
 
 
+def marginal_region_torch(mask: torch.Tensor, kernel: int = 5) -> torch.Tensor:
+    """:func:`marginal_region` of ``(N, 1, H, W)`` {0, 1} masks, on their device, as bool."""
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"kernel must be an odd size >= 1, got {kernel}")
+    crack = mask > 0.5
+    dilated = F.max_pool2d(crack.float(), kernel, stride=1, padding=kernel // 2) > 0.5
+    return dilated & ~crack
+
+
+@torch.no_grad()
+def error_ambiguous(
+    prob: torch.Tensor,
+    mask: torch.Tensor,
+    valid: torch.Tensor,
+    lam: float,
+    kernel: int = 5,
+) -> torch.Tensor:
+    """A = M and ``(p - y)^2 > lam`` for a batch (Eq. 8 at the fixed point of Eq. 7).
+
+    On the ring ``y = 0``, so A is the ring's pixels predicted crack with ``p > sqrt(lam)``:
+    where Eq. 7's std head converges to (``sigma^2`` grows without bound exactly where the
+    expected squared error exceeds ``lam``), read off the model directly.
+
+    Args:
+        prob: ``(N, 1, H, W)`` probabilities (a single view, or the mean of ``(p - y)^2`` over
+            views is the caller's: see ``cirl select --rule error``).
+        mask, valid: ``(N, 1, H, W)`` labels and valid region.
+        lam: the threshold on the squared error.
+        kernel: dilation of the marginal ring.
+
+    Returns:
+        ``(N, 1, H, W)`` float {0, 1}.
+    """
+    ring = marginal_region_torch(mask, kernel) & (valid > 0.5)
+    return (ring & ((prob.float() - mask.float()) ** 2 > lam)).float()
+
+
 def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     if weight is None:
         return values.mean()
     weight = weight.to(values.dtype)
     return (values * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def clamp_log_var(log_var: torch.Tensor, clamp: float = LOG_VAR_CLAMP, soft: bool = False):
+    """Bound the std head's ``s`` to ``[-clamp, clamp]`` (a tensor or a NumPy array).
+
+    ``soft=False``: a hard clamp, whose gradient is zero past the bound (a pixel pushed there
+    never comes back). ``soft=True``: ``clamp * tanh(s / clamp)``, smooth, with a gradient that
+    only fades past the bound (0.07 at twice it).
+    """
+    if soft:
+        if isinstance(log_var, np.ndarray):
+            return (clamp * np.tanh(log_var / clamp)).astype(log_var.dtype, copy=False)
+        return clamp * torch.tanh(log_var / clamp)
+    if isinstance(log_var, np.ndarray):
+        return np.clip(log_var, -clamp, clamp)
+    return log_var.clamp(-clamp, clamp)
 
 
 def aseg_loss(
@@ -55,14 +112,25 @@ def aseg_loss(
     lam: float = 0.3,
     valid: torch.Tensor | None = None,
     clamp: float = LOG_VAR_CLAMP,
+    form: str = "eq7",
+    soft_clamp: bool = False,
 ) -> torch.Tensor:
     """Ambiguity-aware segmentation loss (Eq. 7), mean over (valid) pixels.
 
-    Per pixel ``((p - y)^2 + sigma^2) / (lam + sigma^2)`` with ``sigma^2 = exp(s)`` and ``s``
-    clamped to ``[-clamp, clamp]``. Its derivative in ``sigma^2`` is
-    ``(lam - (p - y)^2) / (lam + sigma^2)^2``: where the squared error exceeds ``lam`` the
-    variance is pushed up, elsewhere down, so ``sigma^2`` marks pixels the model keeps getting
-    wrong.
+    ``form="eq7"`` (the paper): per pixel ``((p - y)^2 + sigma^2) / (lam + sigma^2)`` with
+    ``sigma^2 = exp(s)``. Its derivative in ``sigma^2`` is ``(lam - (p - y)^2) / (lam +
+    sigma^2)^2``: where the squared error exceeds ``lam`` the variance is pushed up, elsewhere
+    down. With ``q = sigma^2 / (lam + sigma^2) = sigmoid(s - log lam)`` the loss is
+    ``q + (1 - q) e^2 / lam``, linear in ``q``: its optimum is ``q`` at 0 or 1 (the std head
+    is a classifier of ``E[e^2] > lam``) and its gradient in ``s`` is about ``sigma^2 / lam``
+    for a small variance, so a head pushed low by the many easy pixels learns slowly.
+
+    ``form="logistic"``: the same gradient for ``p`` (``(1 - q) e^2 / lam`` with ``q`` held
+    fixed), and for the head the cost-weighted logistic loss ``(e^2 / lam) softplus(-z) +
+    softplus(z)``, ``z = s - log lam``, ``e^2`` held fixed. Its optimum is ``sigma^2 = E[e^2]``:
+    the head regresses the expected squared error, the boundary ``sigma^2 > lam`` is Eq. 7's,
+    and the gradient in ``s`` does not vanish for a small variance (it tends to ``-e^2 /
+    lam``), so a short phase I reaches it.
 
     Args:
         prob: ``(N, 1, H, W)`` crack probabilities ``sigmoid(logits)``.
@@ -71,19 +139,31 @@ def aseg_loss(
         lam: lambda (paper 0.3), > 0.
         valid: optional ``(N, 1, H, W)`` weights (1 = counted, 0 = ignored).
         clamp: bound on ``|s|`` for numerical safety.
+        form: ``eq7`` or ``logistic``.
+        soft_clamp: bound ``s`` with :func:`clamp_log_var`'s soft clamp instead of a hard one.
 
     Returns:
         Scalar loss.
     """
     if lam <= 0:
         raise ValueError(f"lam must be > 0, got {lam}")
+    if form not in ("eq7", "logistic"):
+        raise ValueError(f"form must be 'eq7' or 'logistic', got {form!r}")
     if not (prob.shape == target.shape == log_var.shape):
         raise ValueError(
             f"prob {tuple(prob.shape)}, target {tuple(target.shape)} and log_var "
             f"{tuple(log_var.shape)} must have the same (N, 1, H, W) shape"
         )
-    variance = torch.exp(log_var.clamp(-clamp, clamp))
-    per_pixel = ((prob - target) ** 2 + variance) / (lam + variance)
+    s = clamp_log_var(log_var, clamp, soft_clamp)
+    error = (prob - target) ** 2
+    if form == "eq7":
+        variance = torch.exp(s)
+        per_pixel = (error + variance) / (lam + variance)
+    else:
+        z = s - math.log(lam)
+        q = torch.sigmoid(z).detach()
+        weight = error.detach() / lam
+        per_pixel = (1.0 - q) * error / lam + weight * F.softplus(-z) + F.softplus(z)
     return _weighted_mean(per_pixel, valid)
 
 
@@ -178,7 +258,8 @@ def nearest_neighbours(
 
 
 def _ci_one_image(prob: torch.Tensor, features: torch.Tensor, k: int) -> torch.Tensor:
-    """``L_CI`` of one image from the ambiguous pixels' probabilities (S,) and features (S, C)."""
+    """``L_CI`` of one image (the mean of ``psi_m``) from the ambiguous pixels' probabilities
+    (S,) and features (S, C)."""
     count = prob.shape[0]
     pairs = torch.stack([1.0 - prob, prob], dim=1)  # (S, 2): p_m = [1 - p, p]
     neighbours = nearest_neighbours(features, k)  # (S, K), no gradient
@@ -202,6 +283,8 @@ def ci_loss(
     k: int = 20,
     max_pixels: int = 4096,
     generator: torch.Generator | None = None,
+    reduction: str = "image",
+    normaliser: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Clustering-inspired loss (Eq. 15) over the ambiguous pixels of each image.
 
@@ -212,9 +295,14 @@ def ci_loss(
 
         psi_m = - sum_{n in C_m} p_m . p_n + (|C_m| / |O_m|) * sum_{o in O_m} p_m . p_o
 
-    and the image's loss is the mean of ``psi_m``; the batch loss the mean over images with at
-    least ``k + 2`` ambiguous pixels (others are skipped). The sum over ``O_m`` comes from
-    totals, so only the neighbour search needs pairwise similarities (in bounded chunks).
+    ``reduction="image"`` (Eq. 15): the image's loss is the mean of ``psi_m``, the batch loss
+    the mean over images with at least ``k + 2`` ambiguous pixels (others are skipped); a pixel
+    of A then weighs ``1 / |A|`` of its image, tens of times a supervised pixel's share of a
+    per-pixel mean. ``reduction="batch"``: the sum of ``psi_m`` over the ambiguous pixels of the
+    batch divided by ``normaliser`` (the number of pixels of the batch the BCE term averages
+    over), so each ambiguous pixel weighs what a supervised pixel does; a sampled ``S`` counts
+    for all of its image's ambiguous pixels. The sum over ``O_m`` comes from totals, so only
+    the neighbour search needs pairwise similarities (in bounded chunks).
 
     Args:
         prob: ``(N, 1, H, W)`` crack probabilities (gradients flow through them).
@@ -223,10 +311,16 @@ def ci_loss(
         k: neighbours K (paper 20).
         max_pixels: cap on ``|S|`` per image.
         generator: CPU generator for the sampling of ``S`` (reproducible runs).
+        reduction: ``image`` or ``batch`` (see above).
+        normaliser: the denominator of ``reduction="batch"`` (> 0).
 
     Returns:
         Scalar loss; an exact 0 connected to ``prob`` when no image has enough pixels.
     """
+    if reduction not in ("image", "batch"):
+        raise ValueError(f"reduction must be 'image' or 'batch', got {reduction!r}")
+    if reduction == "batch" and normaliser is None:
+        raise ValueError("reduction='batch' needs the normaliser (pixels of the batch)")
     if prob.dim() != 4 or prob.shape[1] != 1:
         raise ValueError(f"prob must be (N, 1, H, W), got {tuple(prob.shape)}")
     if features.shape[0] != prob.shape[0] or features.shape[2:] != prob.shape[2:]:
@@ -245,13 +339,17 @@ def ci_loss(
         index = torch.nonzero(ambiguous_mask[n, 0].reshape(-1) != 0).squeeze(1)
         if index.numel() < k + 2:
             continue
+        total = index.numel()
         if index.numel() > max_pixels:
             pick = torch.randperm(index.numel(), generator=generator)[:max_pixels]
             index = index[pick.to(index.device)]
         # index_select for the same reason as in _ci_one_image (deterministic backward)
         p = prob[n, 0].reshape(-1).index_select(0, index)
         f = features[n].detach().reshape(features.shape[1], -1).index_select(1, index).T
-        losses.append(_ci_one_image(p, f, k))
+        mean = _ci_one_image(p, f, k)
+        losses.append(mean if reduction == "image" else mean * total)
     if not losses:
         return prob.sum() * 0.0
-    return torch.stack(losses).mean()
+    if reduction == "image":
+        return torch.stack(losses).mean()
+    return torch.stack(losses).sum() / normaliser

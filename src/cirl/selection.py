@@ -5,12 +5,18 @@ exp(s)`` from its std head (``s`` clamped to [-10, 10] as in training) is compar
 ``gamma``, and only pixels of the marginal ring M (Eq. 1, inside the valid region) can be
 selected. Written once, at the end of phase I, and used by phase II as an extra label map.
 
+``rule=error`` selects where the variance of Eq. 7 converges to instead: A = M and the squared
+error ``(p - y)^2`` of the model, averaged over the 8 flips/rotations of the tile, above
+``lam``. The summary also gives the mechanism numbers: the share of A the model predicts as
+crack and the ring's false-positive rate (:func:`diagnose` gives them for any later model).
+
 Output folder::
 
     ambiguous/<tile_id>.png   A: 255 = ambiguous, 0 = not
     log_variance/<tile_id>.png  s = log sigma^2 as 16-bit PNG: s = value / 65535 * 20 - 10
                               (only tiles with a marginal ring: a tile without crack has
                               M = A = empty, and the model is not run on it)
+    error/<tile_id>.png       rule=error, instead: the mean squared error as value / 65535
     selection.csv             tile_id, marginal_pixels, selected_pixels, selected_fraction
     summary.json              gamma used, kernel, totals, quantiles of sigma^2 on M, warnings,
                               the checkpoint and its SHA-256
@@ -33,6 +39,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -58,9 +65,15 @@ class SelectConfig:
     """Parameters of region selection (``params.yaml`` group ``select``).
 
     Attributes:
-        gamma: variance threshold (paper 0.4), compared with sigma^2.
-        fraction: if > 0, ignore ``gamma`` and select this fraction of the marginal ring (the
-            pixels of highest variance); 0 uses ``gamma``.
+        rule: ``variance`` (Eq. 8: the std head's sigma^2 above ``gamma``, the paper) or
+            ``error`` (the phase-I model's squared error ``(p - y)^2``, averaged over ``views``
+            flips/rotations, above ``lam``: where Eq. 7's variance converges to, read off the
+            model without waiting for it; any checkpoint, std head or not).
+        gamma: variance threshold of ``rule=variance`` (paper 0.4), compared with sigma^2.
+        lam: squared-error threshold of ``rule=error`` (Eq. 7's lambda, paper 0.3).
+        views: flips/rotations averaged by ``rule=error`` (1, 2, 4 or 8).
+        fraction: if > 0, ignore the threshold and select this fraction of the marginal ring
+            (the pixels of highest score); 0 uses ``gamma`` or ``lam``.
         kernel: side of the square dilation that makes the marginal ring (paper 5).
         split: the split to select on (``train``).
         overview: number of tiles in ``overview.png``.
@@ -68,7 +81,10 @@ class SelectConfig:
         verify_data: check the split's files against the manifest's SHA-256 first.
     """
 
+    rule: Literal["variance", "error"] = "variance"
     gamma: float = 0.4
+    lam: float = 0.3
+    views: int = 8
     fraction: float = 0.0
     kernel: int = 5
     split: Literal["train", "val", "test"] = "train"
@@ -77,8 +93,14 @@ class SelectConfig:
     verify_data: bool = True
 
     def __post_init__(self) -> None:
+        if self.rule not in ("variance", "error"):
+            raise ValueError(f"key 'rule' must be variance or error, got {self.rule!r}")
         if self.gamma <= 0:
             raise ValueError(f"key 'gamma' must be > 0, got {self.gamma}")
+        if not 0 < self.lam < 1:
+            raise ValueError(f"key 'lam' must be in (0, 1), got {self.lam}")
+        if self.views not in (1, 2, 4, 8):
+            raise ValueError(f"key 'views' must be 1, 2, 4 or 8, got {self.views}")
         if not 0 <= self.fraction < 1:
             raise ValueError(f"key 'fraction' must be in [0, 1), got {self.fraction}")
         if self.kernel < 3 or self.kernel % 2 == 0:
@@ -183,6 +205,120 @@ def _quantile_from_histogram(hist: np.ndarray, edges: np.ndarray, q: float) -> f
     return float(edges[i] + inside * (edges[i + 1] - edges[i]))
 
 
+def dihedral_views() -> list[tuple[Callable, Callable]]:
+    """The 8 flips/rotations of ``(N, C, H, W)`` as (forward, inverse) pairs on the last 2 dims."""
+    pairs = []
+    for flip in (False, True):
+        for k in range(4):
+
+            def forward(x, k=k, flip=flip):
+                x = torch.flip(x, dims=(-1,)) if flip else x
+                return torch.rot90(x, k, dims=(-2, -1))
+
+            def inverse(x, k=k, flip=flip):
+                x = torch.rot90(x, -k, dims=(-2, -1))
+                return torch.flip(x, dims=(-1,)) if flip else x
+
+            pairs.append((forward, inverse))
+    return pairs
+
+
+@torch.no_grad()
+def view_error(model, image: torch.Tensor, mask: torch.Tensor, views: int) -> tuple:
+    """The squared error ``(p - y)^2`` averaged over ``views`` flips/rotations, and ``p``.
+
+    Args:
+        model: a registry model in eval mode.
+        image: ``(1, 3, H, W)`` float in [0, 1].
+        mask: ``(1, 1, H, W)`` {0, 1} on the image's device.
+        views: 1, 2, 4 or 8: the first ``views`` of :func:`dihedral_views` (identity first).
+
+    Returns:
+        ``(error, prob)``: ``(1, 1, H, W)`` mean squared error and the identity view's
+        probabilities.
+    """
+    from cirl.inference import predict_prob
+
+    total, prob = None, None
+    for forward, inverse in dihedral_views()[:views]:
+        view = forward(image).contiguous(memory_format=torch.channels_last)
+        p = inverse(predict_prob(model, view))
+        if prob is None:
+            prob = p
+        error = (p - mask) ** 2
+        total = error if total is None else total + error
+    return total / views, prob
+
+
+def _score_histogram_edges(rule: str) -> np.ndarray:
+    if rule == "variance":  # on s = log sigma^2
+        return np.linspace(-LOG_VAR_CLAMP, LOG_VAR_CLAMP, _HIST_BINS + 1)
+    return np.linspace(0.0, 1.0, _HIST_BINS + 1)  # on the squared error
+
+
+def encode_error(error: np.ndarray) -> np.ndarray:
+    """A squared error in [0, 1] as uint16: ``round(e * 65535)``."""
+    return np.round(np.clip(error, 0.0, 1.0) * _LEVELS).astype(np.uint16)
+
+
+def decode_error(stored: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_error` (to within 1 / 65535)."""
+    return stored.astype(np.float32) / _LEVELS
+
+
+@torch.no_grad()
+def diagnose(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    ambiguity: str | os.PathLike,
+    split: str = "train",
+    kernel: int = 5,
+    device: str = "auto",
+) -> dict:
+    """How a model predicts on a selection's pixels: the mechanism numbers of CIRL.
+
+    Runs the model of ``checkpoint`` on every tile of ``split`` with a marginal ring and
+    returns the size of A relative to the ring M, the share of A the model predicts as crack
+    (``p > 0.5``; the CI loss pulls it towards 1/2) and the ring's false-positive rate. Called
+    with the phase-I checkpoint it gives the numbers before phase II, with the phase-II
+    checkpoint after it.
+    """
+    from cirl.data.tiles import TileDataset
+    from cirl.inference import predict_prob
+    from cirl.losses import marginal_region
+    from cirl.train import resolve_device
+
+    ambiguity = Path(ambiguity)
+    payload = load_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    model = build_from_checkpoint(payload).to(dev).eval()
+    model.to(memory_format=torch.channels_last)
+    dataset = TileDataset(data, split, ambiguity=ambiguity)
+    n_m = n_a = fp_m = crack_a = 0
+    for index in range(len(dataset)):
+        item = dataset[index]
+        mask = item["mask"][0].numpy() > 0.5
+        ring = marginal_region(mask, kernel) & (item["valid"][0].numpy() > 0.5)
+        if not ring.any():
+            continue
+        prob = predict_prob(
+            model, item["image"][None].to(dev).contiguous(memory_format=torch.channels_last)
+        )
+        crack = prob[0, 0].cpu().numpy() > 0.5
+        a = (item["ambiguous"][0].numpy() > 0.5) & ring
+        n_m, n_a = n_m + int(ring.sum()), n_a + int(a.sum())
+        fp_m += int((crack & ring).sum())
+        crack_a += int((crack & a).sum())
+    return {
+        "checkpoint": str(checkpoint),
+        "marginal_pixels": n_m,
+        "selected_pixels": n_a,
+        "selected_fraction": n_a / n_m if n_m else 0.0,
+        "crack_share_of_a": crack_a / n_a if n_a else None,
+        "ring_false_positive_rate": fp_m / n_m if n_m else 0.0,
+    }
+
+
 @torch.no_grad()
 def run(
     cfg: SelectConfig,
@@ -194,21 +330,23 @@ def run(
     """Write the ambiguity maps of every tile of ``cfg.split`` (see the module docstring).
 
     Raises:
-        CirlError: when the checkpoint has no std head (it must come from phase I), or a file of
-            the split differs from the manifest (``verify_data``).
+        CirlError: when the rule is ``variance`` and the checkpoint has no std head (it must
+            come from phase I), or a file of the split differs from the manifest
+            (``verify_data``).
     """
     from cirl.data.tiles import TileDataset
     from cirl.inference import predict_prob
-    from cirl.losses import marginal_region
+    from cirl.losses import clamp_log_var, marginal_region
     from cirl.train import resolve_device
 
     data, out = Path(data), Path(out)
     payload = load_checkpoint(checkpoint)
-    if not payload["model_config"].get("std_head"):
+    if cfg.rule == "variance" and not payload["model_config"].get("std_head"):
         raise CirlError(
-            f"{checkpoint}: this model has no std head; select needs a phase-I checkpoint "
-            "(cirl train --phase 1 --loss cirl)"
+            f"{checkpoint}: this model has no std head; select --rule variance needs a phase-I "
+            "checkpoint (cirl train --phase 1 --loss cirl), --rule error takes any model"
         )
+    soft_clamp = payload.get("config", {}).get("std_clamp") == "soft"
     device = resolve_device(cfg.device)
     model = build_from_checkpoint(payload).to(device).eval()
     model.to(memory_format=torch.channels_last)
@@ -217,8 +355,15 @@ def run(
         from cirl.data.manifest import verify_files
 
         verify_files(data, dataset.records)
-    edges = np.linspace(-LOG_VAR_CLAMP, LOG_VAR_CLAMP, _HIST_BINS + 1)
+    edges = _score_histogram_edges(cfg.rule)
     hist = np.zeros(_HIST_BINS, np.int64)
+    maps = "log_variance" if cfg.rule == "variance" else "error"
+    encode, decode = (
+        (encode_log_var, decode_log_var) if cfg.rule == "variance" else (encode_error, decode_error)
+    )
+    # p > 0.5 of the phase-I model on each tile's ring (bit-packed): the mechanism numbers
+    predicted: dict[str, np.ndarray] = {}
+    ring_fp = 0
 
     def tiles(desc: str):
         iterator = range(len(dataset))
@@ -230,43 +375,57 @@ def run(
 
     with staged_dir(out) as tmp:
         (tmp / "ambiguous").mkdir()
-        (tmp / "log_variance").mkdir()
-        # Pass 1: the model's log-variance of every tile, and its histogram on the ring M.
-        for index in tiles("select: variance"):
+        (tmp / maps).mkdir()
+        # Pass 1: the model's score of every tile, and its histogram on the ring M.
+        for index in tiles(f"select: {cfg.rule}"):
             item = dataset[index]
             mask = item["mask"][0].numpy() > 0.5
             ring = marginal_region(mask, cfg.kernel) & (item["valid"][0].numpy() > 0.5)
             if not ring.any():  # no crack: nothing can be selected here
                 continue
-            _, log_var = predict_prob(model, item["image"][None].to(device), with_log_var=True)
-            stored = encode_log_var(log_var[0, 0].cpu().numpy())
-            cv2.imwrite(str(tmp / "log_variance" / f"{item['tile_id']}.png"), stored)
-            hist += np.histogram(decode_log_var(stored)[ring], bins=edges)[0]
-        if cfg.fraction > 0 and hist.sum():
-            gamma = float(np.exp(_quantile_from_histogram(hist, edges, 1.0 - cfg.fraction)))
+            image = item["image"][None].to(device).contiguous(memory_format=torch.channels_last)
+            if cfg.rule == "variance":
+                prob, log_var = predict_prob(model, image, with_log_var=True)
+                score = clamp_log_var(log_var[0, 0].cpu().numpy(), LOG_VAR_CLAMP, soft_clamp)
+            else:
+                error, prob = view_error(model, image, item["mask"][None].to(device), cfg.views)
+                score = error[0, 0].cpu().numpy()
+            stored = encode(score)
+            cv2.imwrite(str(tmp / maps / f"{item['tile_id']}.png"), stored)
+            hist += np.histogram(decode(stored)[ring], bins=edges)[0]
+            crack = (prob[0, 0].cpu().numpy() > 0.5) & ring
+            ring_fp += int(crack.sum())
+            predicted[item["tile_id"]] = np.packbits(crack)
+        if cfg.rule == "variance":
+            threshold, to_score = cfg.gamma, float(np.log(cfg.gamma))
         else:
-            gamma = cfg.gamma
+            threshold, to_score = cfg.lam, cfg.lam
+        if cfg.fraction > 0 and hist.sum():
+            to_score = _quantile_from_histogram(hist, edges, 1.0 - cfg.fraction)
+            threshold = float(np.exp(to_score)) if cfg.rule == "variance" else to_score
 
         # Pass 2: threshold the stored maps.
         csv_buf = io.StringIO()
         writer = csv.writer(csv_buf, lineterminator="\n")
         writer.writerow(["tile_id", "marginal_pixels", "selected_pixels", "selected_fraction"])
-        total_m = total_a = 0
+        total_m = total_a = crack_a = 0
         preview = []
         for index in tiles("select: threshold"):
             item = dataset[index]
             tile_id = item["tile_id"]
-            stored_path = tmp / "log_variance" / f"{tile_id}.png"
+            stored_path = tmp / maps / f"{tile_id}.png"
             mask = item["mask"][0].numpy() > 0.5
             valid = item["valid"][0].numpy() > 0.5
+            variance = None
             if stored_path.is_file():
-                stored = cv2.imread(str(stored_path), cv2.IMREAD_UNCHANGED)
-                ambiguous, marginal, variance = select_ambiguous(
-                    decode_log_var(stored), mask, valid, gamma, cfg.kernel
-                )
+                score = decode(cv2.imread(str(stored_path), cv2.IMREAD_UNCHANGED))
+                marginal = marginal_region(mask, cfg.kernel) & valid
+                ambiguous = (score > to_score) & marginal
+                variance = np.exp(score) if cfg.rule == "variance" else score
+                crack = np.unpackbits(predicted[tile_id], count=mask.size).reshape(mask.shape)
+                crack_a += int((crack.astype(bool) & ambiguous).sum())
             else:  # a tile without marginal ring (pass 1 skipped it)
                 ambiguous = marginal = np.zeros(mask.shape, bool)
-                variance = None
             cv2.imwrite(str(tmp / "ambiguous" / f"{tile_id}.png"), ambiguous.astype(np.uint8) * 255)
             n_m, n_a = int(marginal.sum()), int(ambiguous.sum())
             total_m, total_a = total_m + n_m, total_a + n_a
@@ -276,32 +435,42 @@ def run(
                 preview.append((image, mask, variance, ambiguous))
         (tmp / "selection.csv").write_text(csv_buf.getvalue())
         fraction = total_a / total_m if total_m else 0.0
+        unit = "sigma^2" if cfg.rule == "variance" else "squared error"
+
+        def from_score(v: float) -> float:
+            return float(np.exp(v)) if cfg.rule == "variance" else float(v)
+
         quantiles = (
             {
-                f"q{int(q * 100):02d}": float(np.exp(_quantile_from_histogram(hist, edges, q)))
+                f"q{int(q * 100):02d}": from_score(_quantile_from_histogram(hist, edges, q))
                 for q in (0.5, 0.9, 0.99)
             }
             if hist.sum()
             else {}
         )
+        name = "gamma" if cfg.rule == "variance" else "lam"
         warnings = []
         if total_m and fraction == 0:
             warnings.append(
-                f"no pixel of the marginal ring has sigma^2 > gamma = {gamma:.4g} (the ring's "
-                f"99th percentile is {quantiles.get('q99', 0):.3g}); phase 2 will train like BCE. "
-                "Train phase 1 longer, lower --gamma, or select a share with --fraction"
+                f"no pixel of the marginal ring has {unit} > {name} = {threshold:.4g} (the "
+                f"ring's 99th percentile is {quantiles.get('q99', 0):.3g}); phase 2 will train "
+                f"like BCE. Train phase 1 longer, lower --{name}, or select a share with "
+                "--fraction"
             )
         elif fraction > 0.9:
             warnings.append(
-                f"{fraction:.0%} of the marginal ring is selected (gamma = {gamma:.4g}): the std "
-                "head has not learned where labels are ambiguous; train phase 1 longer or raise "
-                "--gamma"
+                f"{fraction:.0%} of the marginal ring is selected ({name} = {threshold:.4g}): "
+                f"the phase-I model has not learned where labels are ambiguous; train phase 1 "
+                f"longer or raise --{name}"
             )
         for message in warnings:
             log.warning("%s", message)
         summary = {
             "params": to_dict(cfg),
-            "gamma": gamma,
+            "rule": cfg.rule,
+            "gamma": threshold,
+            "threshold": threshold,
+            "threshold_on": unit,
             "gamma_from": f"fraction {cfg.fraction}" if cfg.fraction > 0 else "params",
             "checkpoint": str(checkpoint),
             "checkpoint_sha256": file_sha256(checkpoint),
@@ -310,11 +479,21 @@ def run(
             "marginal_pixels": total_m,
             "selected_pixels": total_a,
             "selected_fraction": fraction,
-            "variance_on_marginal_ring": quantiles,
+            # the phase-I model's predictions (p > 0.5): the CI loss pulls A's crack share to 1/2
+            "crack_share_of_a": crack_a / total_a if total_a else None,
+            "ring_false_positive_rate": ring_fp / total_m if total_m else 0.0,
+            (
+                "variance_on_marginal_ring" if cfg.rule == "variance" else "error_on_marginal_ring"
+            ): quantiles,
             "warnings": warnings,
-            "log_variance_png": "s = value / 65535 * 20 - 10, sigma^2 = exp(s)",
         }
+        if cfg.rule == "variance":
+            summary["log_variance_png"] = "s = value / 65535 * 20 - 10, sigma^2 = exp(s)"
+        else:
+            summary["error_png"] = (
+                f"mean over {cfg.views} flips/rotations of (p - y)^2 = value / 65535"
+            )
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if preview:
             cv2.imwrite(str(tmp / "overview.png"), _overview(preview))
-    return SelectResult(out, len(dataset), total_m, total_a, gamma, tuple(warnings))
+    return SelectResult(out, len(dataset), total_m, total_a, threshold, tuple(warnings))

@@ -1,9 +1,13 @@
 """Stage ``train``: one small training loop for the BCE baseline, CIRL phase I and phase II.
 
 * ``loss=bce``: plain BCE on valid pixels, no std head (the baseline).
-* ``loss=cirl, phase=1``: BCE + ``aseg_weight`` * L_Aseg (Eq. 7) with the std head.
+* ``loss=cirl, phase=1``: BCE + ``aseg_weight`` * L_Aseg (Eq. 7) with the std head
+  (``phase1_loss=aseg``: L_Aseg alone, as the paper's Fig. 3 names it; ``aseg_form``,
+  ``std_init`` and ``std_clamp`` choose the form of the loss and of the head).
 * ``loss=cirl, phase=2``: initialised from phase-I weights, std head dropped; BCE on valid pixels
-  outside the ambiguous set A + ``beta`` * L_CI on A (Eq. 16). A comes from ``cirl select``.
+  outside the ambiguous set A + ``beta`` * L_CI on A (Eq. 16). A comes from ``cirl select``
+  (``selection=offline``), or is taken per batch from the current model
+  (``selection=online``: A = M and ``(p - y)^2 > lam``).
 
 JTFN-style models add their deep-supervision and boundary terms in every arm. Adam with the
 paper's defaults. A checkpoint (``last.pt``) is written atomically after every epoch and
@@ -68,11 +72,26 @@ class TrainConfig:
         pos_weight: weight of the crack pixels in the BCE terms (1 = plain BCE).
         dice: weight of a soft Dice term on the supervised pixels next to BCE (0 = none).
         weight_decay: Adam weight decay (paper 5e-4).
-        lam: lambda of L_Aseg, Eq. 7 (paper 0.3).
-        aseg_weight: weight of L_Aseg next to BCE in phase 1.
+        lam: lambda of L_Aseg, Eq. 7 (paper 0.3); also the error threshold of online selection.
+        aseg_weight: weight of L_Aseg in phase 1.
+        phase1_loss: ``bce+aseg`` (BCE + ``aseg_weight`` * L_Aseg) or ``aseg`` (L_Aseg alone,
+            as the paper's Fig. 3 and Sec. 4.1 name it).
+        aseg_form: ``eq7`` (the paper's formula) or ``logistic`` (a surrogate with Eq. 7's
+            boundary ``sigma^2 > lam`` whose head regresses the squared error and does not
+            saturate: :func:`cirl.losses.aseg_loss`).
+        std_init: ``default`` (PyTorch's init of the 1x1 conv) or ``lambda`` (zero weights,
+            bias ``log(lam)``: every pixel starts at ``sigma^2 = lam``, Eq. 7's steepest point).
+        std_clamp: ``hard`` (``s`` clipped to [-10, 10], zero gradient past it) or ``soft``
+            (``10 tanh(s / 10)``).
         beta: weight of L_CI in phase 2 (paper 0.2).
         k: neighbours K of the CI loss (paper 20).
         max_pixels: cap on the ambiguous pixels |S| sampled per image for the CI loss.
+        ci_reduction: ``image`` (Eq. 15: the mean over each image's ambiguous pixels) or
+            ``batch`` (their sum over the batch divided by the pixels the BCE term averages
+            over: an ambiguous pixel weighs what a supervised one does).
+        selection: phase 2's A: ``offline`` (the ``cirl select`` folder, fixed for the run) or
+            ``online`` (A = M and ``(p - y)^2 > lam`` of each batch under the current model;
+            no ``--ambiguity`` needed).
         deep_supervision: weight of JTFN's extra heads.
         seed: seeds weights, data order, augmentation and CI sampling.
         workers: data-loader processes.
@@ -106,9 +125,15 @@ class TrainConfig:
     weight_decay: float = 5e-4
     lam: float = 0.3
     aseg_weight: float = 1.0
+    phase1_loss: Literal["bce+aseg", "aseg"] = "bce+aseg"
+    aseg_form: Literal["eq7", "logistic"] = "eq7"
+    std_init: Literal["default", "lambda"] = "default"
+    std_clamp: Literal["hard", "soft"] = "hard"
     beta: float = 0.2
     k: int = 20
     max_pixels: int = 4096
+    ci_reduction: Literal["image", "batch"] = "image"
+    selection: Literal["offline", "online"] = "offline"
     deep_supervision: float = 1.0
     seed: int = 0
     workers: int = 0
@@ -134,6 +159,12 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0,
             "lam": self.lam > 0,
             "aseg_weight": self.aseg_weight >= 0,
+            "phase1_loss": self.phase1_loss in ("bce+aseg", "aseg"),
+            "aseg_form": self.aseg_form in ("eq7", "logistic"),
+            "std_init": self.std_init in ("default", "lambda"),
+            "std_clamp": self.std_clamp in ("hard", "soft"),
+            "ci_reduction": self.ci_reduction in ("image", "batch"),
+            "selection": self.selection in ("offline", "online"),
             "beta": self.beta >= 0,
             "k": self.k >= 1,
             "max_pixels": self.max_pixels >= self.k + 2,
@@ -216,20 +247,28 @@ def _new_model(cfg: TrainConfig):
     kwargs = {"std_head": cfg.uses_std_head}
     if cfg.width:
         kwargs["base_width"] = cfg.width
-    return build_model(cfg.model, **kwargs)
+    model = build_model(cfg.model, **kwargs)
+    if cfg.uses_std_head and cfg.std_init == "lambda":
+        with torch.no_grad():
+            model.std_head.weight.zero_()
+            model.std_head.bias.fill_(math.log(cfg.lam))
+    return model
 
 
 def compute_loss(
     cfg: TrainConfig, out, batch: dict, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, dict]:
     """The loss of one batch for the configured arm, and its parts for logging."""
-    from cirl.losses import aseg_loss, ci_loss, masked_bce, soft_dice_loss
+    from cirl.losses import aseg_loss, ci_loss, error_ambiguous, masked_bce, soft_dice_loss
 
     mask, valid = batch["mask"], batch["valid"]
     logits = out.logits.float()
     parts: dict[str, float] = {}
     if cfg.loss == "cirl" and cfg.phase == 2:
-        ambiguous = batch["ambiguous"] * valid
+        if cfg.selection == "online":
+            ambiguous = error_ambiguous(torch.sigmoid(logits), mask, valid, cfg.lam)
+        else:
+            ambiguous = batch["ambiguous"] * valid
         supervised = valid * (1.0 - ambiguous)
         bce = masked_bce(logits, mask, supervised, cfg.pos_weight)
         ci = ci_loss(
@@ -239,6 +278,8 @@ def compute_loss(
             k=cfg.k,
             max_pixels=cfg.max_pixels,
             generator=generator,
+            reduction=cfg.ci_reduction,
+            normaliser=supervised.sum().clamp_min(1.0),
         )
         loss = bce + cfg.beta * ci
         parts["ci"] = float(ci.detach())
@@ -249,9 +290,17 @@ def compute_loss(
         loss = bce
         if cfg.uses_std_head:
             aseg = aseg_loss(
-                torch.sigmoid(logits), mask, out.log_var.float(), lam=cfg.lam, valid=valid
+                torch.sigmoid(logits),
+                mask,
+                out.log_var.float(),
+                lam=cfg.lam,
+                valid=valid,
+                form=cfg.aseg_form,
+                soft_clamp=cfg.std_clamp == "soft",
             )
-            loss = loss + cfg.aseg_weight * aseg
+            loss = cfg.aseg_weight * aseg
+            if cfg.phase1_loss == "bce+aseg":
+                loss = loss + bce
             parts["aseg"] = float(aseg.detach())
     parts["bce"] = float(bce.detach())
     if cfg.dice > 0:
@@ -371,9 +420,10 @@ def run(
 
     data, out = Path(data), Path(out)
     phase2 = cfg.loss == "cirl" and cfg.phase == 2
-    if phase2 and (init is None or ambiguity is None):
+    if phase2 and (init is None or (ambiguity is None and cfg.selection == "offline")):
         raise CirlError(
-            "phase 2 needs --init (the phase-I best.pt) and --ambiguity (the `cirl select` folder)"
+            "phase 2 needs --init (the phase-I best.pt) and --ambiguity (the `cirl select` "
+            "folder; or --selection online, which selects per batch)"
         )
     if not phase2 and ambiguity is not None:
         raise CirlError("--ambiguity is only used by phase 2 (--phase 2 --loss cirl)")
@@ -384,7 +434,7 @@ def run(
         "train",
         crop=cfg.crop,
         augment=True,
-        ambiguity=ambiguity,
+        ambiguity=ambiguity if cfg.selection == "offline" else None,
         seed=cfg.seed,
         crack_crops=cfg.crack_crops,
     )
@@ -431,9 +481,11 @@ def run(
             raise CirlError(f"--resume: {last_path} not found; start without --resume")
         state = load_checkpoint(last_path)
         # Only the epoch count may change: a finished run can be extended, nothing else.
-        changed = sorted(
-            k for k, v in to_dict(cfg).items() if state["config"].get(k) != v and k != "epochs"
-        )
+        # A key the stored run predates had its default then.
+        from cirl.config import defaults
+
+        before = {**defaults(TrainConfig), **state["config"]}
+        changed = sorted(k for k, v in to_dict(cfg).items() if before[k] != v and k != "epochs")
         if changed:
             raise CirlError(
                 f"--resume: {last_path} was trained with other parameters ({', '.join(changed)}); "
