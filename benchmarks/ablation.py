@@ -1,46 +1,50 @@
-"""CIRL ablation on DeepCrack: BCE baseline vs phase I only vs CIRL (phase I + II).
+"""CIRL ablation on DeepCrack (or CFD): BCE against CIRL with the method options of issue 10.
 
 Protocol (printed with the table and stored in the JSON):
 
-* data: ``../shared/datasets/deepcrack`` with its official split (300 train / 237 test; 16 of
-  the training photos carved out as validation, seeded), prepared with ``--tile 0`` so every
-  photo (544x384) is one image of the evaluation protocol;
-* model: the registry's ``unet-small`` (base width 16) unless ``--model``/``--width`` say
-  otherwise; Adam 1e-3, weight decay 5e-4, batch 2 of random 256x256 crops with flips and
-  rotations, CPU;
+* data: a prepared folder (``--data``), or ``--source`` prepared here with ``--tile 0`` so every
+  photo is one image of the evaluation protocol (DeepCrack's official split: 300 train with 16
+  carved out as validation, 237 test, 544x384 photos);
+* model: ``unet-small`` unless ``--model``/``--width`` say otherwise; Adam 1e-3, weight decay
+  5e-4, batch 2 of 256x256 crops with flips and rotations, CPU; the training recipe of
+  ``--train-json`` (default: bf16 + NHWC, half the crops centred on a crack, cosine lr per
+  phase, plain BCE weights) for every arm alike;
 * one fixed budget of ``--steps`` optimizer steps per arm:
 
   - ``bce``: BCE for all steps;
-  - ``phase1``: BCE + L_Aseg with the std head for all steps;
-  - ``cirl``: phase I for the first half, ``cirl select`` with the paper's gamma (0.4) on
-    the model at the end of that half (as the paper selects at the end of phase I), then
-    phase II (BCE outside A + beta * L_CI) from the same weights for the second half;
-  - ``cirl_frac``: the same, but A is the share ``--fraction`` (0.1) of the marginal ring with
-    the highest variance (``cirl select --fraction``), for std heads whose variances stay below
-    the paper's gamma within a short budget;
-
-  The phase-I arm is the same phase-I run extended to the full budget (``--resume`` with more
-  epochs), so the three CIRL arms share their first half exactly;
+  - every CIRL arm: a phase I for the first half, a selection on its last weights, a phase II
+    from them for the second half. The arms (``ARMS``) differ in the phase-I form (``paper``:
+    BCE + Eq. 7, default std-head init, hard clamp; ``logistic``: the non-saturating surrogate,
+    std head initialised at lambda, soft clamp; ``aseg``: Eq. 7 alone), the selection rule
+    (``variance``: Eq. 8 with the paper's gamma; ``error``: A = M and the phase-I model's
+    squared error over 8 flips/rotations above lambda; ``online``: per batch under the
+    current model) and the CI scale (``image``: Eq. 15; ``batch``: per supervised pixel).
+    Arms with the same phase I share it, arms with the same selection share it;
 
 * each arm's best checkpoint is chosen on the validation split and scored once on the test
-  split: per-image mean F1 at 0.5 (the paper's protocol), plus ODS, OIS and AP;
-* seeds 0-2 by default; the table gives mean and sample standard deviation over seeds;
+  split (``cirl evaluate`` in its own process): per-image mean F1 at 0.5 (the paper's protocol),
+  plus ODS, OIS and AP;
+* the mechanism numbers of every CIRL arm on the training split: |A|/|M|, the share of A the
+  model predicts as crack (p > 0.5) after phase I and after phase II, and the ring's
+  false-positive rate before and after;
+* seeds 0-2 by default; the table gives mean and sample standard deviation over seeds, and each
+  arm's per-seed difference to BCE;
 * the training step time of each arm relative to BCE, measured in one process, arms
-  interleaved round-robin on the same batches, after the runs, with achieved GFLOP/s (a
-  training step counted as 3x the forward FLOPs) against the machine's matmul ceiling.
+  interleaved round-robin on the same batches, after the runs.
 
 Runs resume: re-running with the same ``--work`` folder skips finished stages and continues
-interrupted training. ``--steps`` small values give a quick check of the mechanics.
+interrupted training. Small ``--steps`` give a quick check of the mechanics.
 
     python benchmarks/ablation.py [--steps 2000] [--seeds 0,1,2] [--work runs/ablation]
+        [--data PREPARED | --source RAW] [--arms bce,cirl,cirl_error,...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -48,12 +52,50 @@ from pathlib import Path
 
 import torch
 
-ARMS = ("bce", "phase1", "cirl", "cirl_frac")
 REPO = Path(__file__).resolve().parents[1]
+
+# phase-I forms: TrainConfig keys on top of the base recipe
+PHASE1 = {
+    "paper": {},
+    "logistic": {"aseg_form": "logistic", "std_init": "lambda", "std_clamp": "soft"},
+    "aseg": {"phase1_loss": "aseg"},
+}
+# arm -> (phase-I form, selection (cirl select flags), phase-II TrainConfig keys)
+ARMS: dict[str, tuple[str, dict, dict] | None] = {
+    "bce": None,
+    "cirl": ("paper", {"rule": "variance", "gamma": 0.4}, {}),
+    "cirl_frac": ("paper", {"rule": "variance", "fraction": 0.1}, {}),
+    "cirl_logistic": ("logistic", {"rule": "variance", "gamma": 0.4}, {}),
+    "cirl_error": ("paper", {"rule": "error", "lam": 0.3}, {}),
+    "cirl_error_batch": ("paper", {"rule": "error", "lam": 0.3}, {"ci_reduction": "batch"}),
+    "cirl_online": (
+        "paper",
+        {"rule": "error", "lam": 0.3},
+        {"selection": "online", "ci_reduction": "batch"},
+    ),
+    "cirl_aseg_error": ("aseg", {"rule": "error", "lam": 0.3}, {}),
+}
+DEFAULT_ARMS = "bce,cirl,cirl_logistic,cirl_error,cirl_error_batch,cirl_online"
+RECIPE = {
+    "precision": "bf16",
+    "channels_last": True,
+    "crack_crops": 0.5,
+    "lr_schedule": "cosine",
+}
 
 
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _cirl(*args: str) -> None:
+    """A cirl command in its own process: inference there runs with subnormals as zero
+    (``cirl.inference.subnormals_as_zero``), which this training process cannot switch on."""
+    subprocess.run(
+        [str(Path(sys.executable).with_name("cirl")), *args, "--no-track", "-q"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def _train(cfg, data: Path, out: Path, **kw):
@@ -64,22 +106,47 @@ def _train(cfg, data: Path, out: Path, **kw):
 
 
 def _evaluate(data: Path, checkpoint: Path, out: Path) -> dict:
-    from cirl import evaluate
-
-    if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
-    return evaluate.run(
-        evaluate.EvaluateConfig(split="test", tolerance=2, overlays=3, device="cpu"),
-        data,
-        checkpoint,
-        out,
-        progress=False,
-    )
+    if not (out / "metrics.json").is_file():
+        _cirl(
+            "evaluate", "--data", str(data), "--checkpoint", str(checkpoint), "--out", str(out),
+            "--split", "test", "--overlays", "0", "--device", "cpu", "--no-verify-data",
+        )  # fmt: skip
+    return json.loads((out / "metrics.json").read_text())
 
 
-def run_seed(args: argparse.Namespace, data: Path, seed: int) -> dict:
-    """Train and evaluate the three arms for one seed; returns their metrics and diagnostics."""
-    from cirl import selection
+def _select(data: Path, checkpoint: Path, out: Path, flags: dict) -> dict:
+    if not (out / "summary.json").is_file():
+        args = [f"--{k}={v}" for k, v in flags.items()]
+        _cirl(
+            "select", "--data", str(data), "--checkpoint", str(checkpoint), "--out", str(out),
+            "--device", "cpu", "--no-verify-data", *args,
+        )  # fmt: skip
+    return json.loads((out / "summary.json").read_text())
+
+
+_DIAGNOSE = """
+import json, sys
+from cirl.inference import subnormals_as_zero
+with subnormals_as_zero():
+    from cirl.selection import diagnose
+    print(json.dumps(diagnose(sys.argv[1], sys.argv[2], sys.argv[3], device="cpu")))
+"""
+
+
+def _diagnose(data: Path, checkpoint: Path, ambiguity: Path, out: Path) -> dict:
+    if not out.is_file():
+        done = subprocess.run(
+            [sys.executable, "-c", _DIAGNOSE, str(checkpoint), str(data), str(ambiguity)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        out.write_text(done.stdout)
+    return json.loads(out.read_text())
+
+
+def run_seed(args: argparse.Namespace, data: Path, seed: int, arms: list[str]) -> dict:
+    """Train, select, diagnose and evaluate the arms for one seed."""
     from cirl.train import TrainConfig
 
     root = Path(args.work) / f"seed{seed}"
@@ -94,50 +161,56 @@ def run_seed(args: argparse.Namespace, data: Path, seed: int) -> dict:
         seed=seed,
         device="cpu",
         val_every=1,
+        verify_data=False,  # prepared here, checked once by prepare's own manifest
+        **args.recipe,
     )
     half = replace(base, epochs=epochs // 2)
     out: dict = {}
-
-    init = root / "phase1_half_last.pt"
-    if not init.is_file():
-        _log(f"seed {seed}: phase I, first half ({half.epochs} epochs)")
-        _train(replace(half, loss="cirl", phase=1), data, root / "phase1")
-        shutil.copy2(root / "phase1" / "last.pt", init)
-    selections = {}
-    for name, select_cfg in (
-        ("cirl", selection.SelectConfig(gamma=args.gamma, device="cpu")),
-        ("cirl_frac", selection.SelectConfig(fraction=args.fraction, device="cpu")),
-    ):
-        sel = root / f"select_{name}"
-        if not (sel / "summary.json").is_file():
-            _log(f"seed {seed}: select for {name}")
-            selection.run(select_cfg, data, init, sel, progress=False)
-        selections[name] = json.loads((sel / "summary.json").read_text())
-    results = {}
-    for name in selections:
-        _log(f"seed {seed}: phase II for {name} ({half.epochs} epochs)")
-        results[name] = _train(
-            replace(half, loss="cirl", phase=2),
-            data,
-            root / f"phase2_{name}",
-            init=init,
-            ambiguity=root / f"select_{name}",
-        )
-    _log(f"seed {seed}: phase I extended to the full budget ({epochs} epochs)")
-    results["phase1"] = _train(replace(base, loss="cirl", phase=1), data, root / "phase1")
-    _log(f"seed {seed}: BCE baseline ({epochs} epochs)")
-    results["bce"] = _train(replace(base, loss="bce"), data, root / "bce")
-
-    folders = {
-        "bce": "bce",
-        "phase1": "phase1",
-        "cirl": "phase2_cirl",
-        "cirl_frac": "phase2_cirl_frac",
-    }
-    for arm in ARMS:
+    for arm in arms:
+        spec = ARMS[arm]
+        if spec is None:
+            _log(f"seed {seed}: {arm} ({epochs} epochs)")
+            result = _train(replace(base, loss="bce"), data, root / arm)
+            folder, mechanism = root / arm, {}
+        else:
+            form, select_flags, phase2_keys = spec
+            phase1 = root / f"phase1_{form}"
+            _log(f"seed {seed}: phase I {form} ({half.epochs} epochs)")
+            _train(replace(half, loss="cirl", phase=1, **PHASE1[form]), data, phase1)
+            tag = "_".join(f"{k}{v}" for k, v in select_flags.items())
+            sel = root / f"select_{form}_{tag}"
+            _log(f"seed {seed}: select {form} {select_flags}")
+            t0 = time.perf_counter()
+            summary = _select(data, phase1 / "last.pt", sel, select_flags)
+            select_seconds = time.perf_counter() - t0
+            _log(f"seed {seed}: phase II {arm} ({half.epochs} epochs)")
+            folder = root / f"phase2_{arm}"
+            result = _train(
+                replace(half, loss="cirl", phase=2, lam=select_flags.get("lam", 0.3),
+                        **phase2_keys),
+                data,
+                folder,
+                init=phase1 / "last.pt",
+                ambiguity=sel,
+            )  # fmt: skip
+            after = _diagnose(data, folder / "best.pt", sel, root / f"diagnose_{arm}.json")
+            mechanism = {
+                "rule": summary["rule"],
+                "threshold": summary["threshold"],
+                "selected_fraction_of_m": summary["selected_fraction"],
+                "crack_share_of_a_after_phase1": summary["crack_share_of_a"],
+                "crack_share_of_a_after_phase2": after["crack_share_of_a"],
+                "ring_fp_rate_after_phase1": summary["ring_false_positive_rate"],
+                "ring_fp_rate_after_phase2": after["ring_false_positive_rate"],
+                "score_on_ring": summary.get("variance_on_marginal_ring")
+                or summary.get("error_on_marginal_ring"),
+                "warnings": summary["warnings"],
+                "select_seconds_first_run": select_seconds,
+                "phase2_ci_per_epoch": [h.get("ci") for h in result.history],
+                "phase2_ambiguous_fraction": [h.get("ambiguous_fraction") for h in result.history],
+            }
         _log(f"seed {seed}: evaluate {arm}")
-        metrics = _evaluate(data, root / folders[arm] / "best.pt", root / f"eval_{arm}")
-        result = results[arm]
+        metrics = _evaluate(data, folder / "best.pt", root / f"eval_{arm}")
         out[arm] = {
             "f1": metrics["f1"],
             "precision": metrics["precision"],
@@ -146,27 +219,11 @@ def run_seed(args: argparse.Namespace, data: Path, seed: int) -> dict:
             "ois": metrics["ois"],
             "ap": metrics["ap"],
             "iou": metrics["iou"],
-            "f1_tol2": metrics["tolerant"]["f1"],
             "best_epoch": result.best_epoch,
             "best_val_f1": result.best_val_f1,
-            "history": result.history,
+            "mechanism": mechanism,
+            "train_seconds": sum(h["seconds"] for h in result.history),
         }
-    out["diagnostics"] = {
-        name: {
-            "gamma": summary["gamma"],
-            "selected_fraction_of_M": summary["selected_fraction"],
-            "marginal_pixels": summary["marginal_pixels"],
-            "selected_pixels": summary["selected_pixels"],
-            "variance_on_marginal_ring": summary["variance_on_marginal_ring"],
-            "warnings": summary["warnings"],
-            "phase2_ci_loss_per_epoch": [h.get("ci") for h in results[name].history],
-            "phase2_bce_per_epoch": [h["bce"] for h in results[name].history],
-            "phase2_ambiguous_fraction": [
-                h.get("ambiguous_fraction") for h in results[name].history
-            ],
-        }
-        for name, summary in selections.items()
-    }
     return out
 
 
@@ -175,8 +232,7 @@ def step_times(args: argparse.Namespace, data: Path, sel: Path, repeats: int) ->
     from torch.utils.flop_counter import FlopCounterMode
 
     from cirl.data.tiles import TileDataset
-    from cirl.models import build_model
-    from cirl.train import TrainConfig, compute_loss
+    from cirl.train import TrainConfig, _autocast, _new_model, compute_loss, resolve_precision
 
     dataset = TileDataset(data, "train", crop=args.crop, augment=True, ambiguity=sel, seed=0)
     batches = []
@@ -188,16 +244,23 @@ def step_times(args: argparse.Namespace, data: Path, sel: Path, repeats: int) ->
                 for k in ("image", "mask", "valid", "ambiguous")
             }
         )
-    kw = {"base_width": args.width} if args.width else {}
+    common = {"model": args.model, "width": args.width, **args.recipe}
     arms = {
-        "bce": TrainConfig(model=args.model, loss="bce"),
-        "phase1": TrainConfig(model=args.model, loss="cirl", phase=1),
-        "cirl_phase2": TrainConfig(model=args.model, loss="cirl", phase=2),
+        "bce": TrainConfig(loss="bce", **common),
+        "phase1_paper": TrainConfig(phase=1, **common),
+        "phase1_logistic": TrainConfig(phase=1, **PHASE1["logistic"], **common),
+        "phase2_image": TrainConfig(phase=2, **common),
+        "phase2_batch": TrainConfig(phase=2, ci_reduction="batch", **common),
+        "phase2_online": TrainConfig(phase=2, selection="online", ci_reduction="batch", **common),
     }
+    device = torch.device("cpu")
+    precision = resolve_precision(args.recipe.get("precision", "fp32"), device)
+    dtype = {"bf16": torch.bfloat16}.get(precision)
+    fmt = torch.channels_last if args.recipe.get("channels_last") else torch.contiguous_format
     state = {}
     for name, cfg in arms.items():
         torch.manual_seed(0)
-        model = build_model(args.model, std_head=cfg.uses_std_head, **kw).train()
+        model = _new_model(cfg).train().to(memory_format=fmt)
         state[name] = (cfg, model, torch.optim.Adam(model.parameters(), lr=1e-3))
     with FlopCounterMode(display=False) as counter:
         state["bce"][1](batches[0]["image"])
@@ -205,7 +268,9 @@ def step_times(args: argparse.Namespace, data: Path, sel: Path, repeats: int) ->
 
     def one_step(name: str, batch: dict) -> None:
         cfg, model, optimizer = state[name]
-        loss, _ = compute_loss(cfg, model(batch["image"]), batch, torch.Generator().manual_seed(0))
+        with _autocast(device, dtype):
+            output = model(batch["image"].contiguous(memory_format=fmt))
+        loss, _ = compute_loss(cfg, output, batch, torch.Generator().manual_seed(0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -225,6 +290,7 @@ def step_times(args: argparse.Namespace, data: Path, sel: Path, repeats: int) ->
         "relative_to_bce": {name: ms[name] / ms["bce"] for name in ms},
         "forward_gflop_per_batch": forward_flops / 1e9,
         "train_gflops_achieved": {name: 3 * forward_flops / (ms[name] / 1000) / 1e9 for name in ms},
+        "precision": precision,
         "repeats": repeats,
         "batch": f"{args.batch_size} x 3 x {args.crop} x {args.crop}",
         "threads": torch.get_num_threads(),
@@ -238,67 +304,84 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default=str(REPO.parent / "shared" / "datasets" / "deepcrack"))
+    parser.add_argument("--format", default="folder", help="cirl prepare --format of --source")
+    parser.add_argument("--data", default=None, help="an already prepared folder (tile 0)")
     parser.add_argument("--work", default=str(REPO / "runs" / "ablation"))
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"of {', '.join(ARMS)}")
     parser.add_argument("--steps", type=int, default=2000, help="optimizer steps per arm")
     parser.add_argument("--steps-per-epoch", type=int, default=200)
     parser.add_argument("--model", default="unet-small")
     parser.add_argument("--width", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--crop", type=int, default=256)
-    parser.add_argument("--gamma", type=float, default=0.4)
-    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--train-json", default=json.dumps(RECIPE), help="TrainConfig keys of every arm"
+    )
     parser.add_argument("--timing-repeats", type=int, default=20)
     parser.add_argument("--json", default=None, help="result file (default WORK/ablation.json)")
     args = parser.parse_args(argv)
     if args.steps % (2 * args.steps_per_epoch):
         parser.error("--steps must be a multiple of 2 x --steps-per-epoch (two equal phases)")
+    args.recipe = json.loads(args.train_json)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or "bce" not in arms:
+        parser.error(f"--arms: unknown {unknown} or no bce; valid: {', '.join(ARMS)}")
 
     from cirl import prepare
 
     work = Path(args.work)
-    data = work / "prepared"
+    work.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data) if args.data else work / "prepared"
     if not (data / "manifest.csv").is_file():
-        _log("prepare DeepCrack (official split, whole photos)")
-        prepare.run(prepare.PrepareConfig(tile=0, workers=2), args.source, "folder", data)
+        _log(f"prepare {args.source} (official split, whole photos)")
+        prepare.run(prepare.PrepareConfig(tile=0, workers=2), args.source, args.format, data)
     seeds = [int(s) for s in args.seeds.split(",")]
     per_seed = {}
     t0 = time.perf_counter()
     for seed in seeds:
-        per_seed[seed] = run_seed(args, data, seed)
+        per_seed[seed] = run_seed(args, data, seed, arms)
         (work / "ablation_partial.json").write_text(json.dumps(per_seed, indent=2) + "\n")
     wall = time.perf_counter() - t0
     _log("step timing")
-    timing = step_times(
-        args, data, work / f"seed{seeds[0]}" / "select_cirl_frac", args.timing_repeats
-    )
+    sel = next((work / f"seed{seeds[0]}").glob("select_paper_rule*"), None)
+    timing = step_times(args, data, sel, args.timing_repeats) if sel else {}
 
+    keys = ("f1", "precision", "recall", "ods", "ois", "ap", "iou")
     table = {}
-    for arm in ARMS:
+    for arm in arms:
         row = {}
-        for key in ("f1", "precision", "recall", "ods", "ois", "ap", "iou", "f1_tol2"):
-            mean, std = _mean_std([per_seed[s][arm][key] for s in seeds])
-            row[key] = {
-                "mean": mean,
-                "std": std,
-                "per_seed": [per_seed[s][arm][key] for s in seeds],
+        for key in keys:
+            values = [per_seed[s][arm][key] for s in seeds]
+            mean, std = _mean_std(values)
+            row[key] = {"mean": mean, "std": std, "per_seed": values}
+        mech = [per_seed[s][arm]["mechanism"] for s in seeds]
+        if mech[0]:
+            row["mechanism"] = {
+                k: _mean_std([m[k] for m in mech if m[k] is not None])[0]
+                if any(m[k] is not None for m in mech)
+                else None
+                for k in mech[0]
+                if isinstance(mech[0][k], int | float) or mech[0][k] is None
             }
         table[arm] = row
     gains = {
         arm: [per_seed[s][arm]["f1"] - per_seed[s]["bce"]["f1"] for s in seeds]
-        for arm in ("phase1", "cirl", "cirl_frac")
+        for arm in arms
+        if arm != "bce"
     }
     result = {
         "protocol": (
-            f"DeepCrack official split (test 237 photos, whole 544x384 images); model "
-            f"{args.model} width {args.width or 'preset'}; {args.steps} steps per arm, batch "
-            f"{args.batch_size} of {args.crop}^2 crops, Adam 1e-3 wd 5e-4; CIRL = phase I "
-            f"{args.steps // 2} steps + phase II {args.steps // 2} steps (lambda 0.3, gamma "
-            f"{args.gamma}, K 20, beta 0.2; cirl_frac: A = top {args.fraction:.0%} of the ring "
-            "by variance); best checkpoint on val; test scores: per-image mean "
-            "F1 at 0.5 (JTFN protocol, empty image F1 = 0), ODS/OIS/AP over 99 thresholds, "
-            "f1_tol2 with a 2 px tolerance; mean and sample std over seeds"
+            f"{data} (test split scored once per arm, whole images); model {args.model} width "
+            f"{args.width or 'preset'}; {args.steps} steps per arm, batch {args.batch_size} of "
+            f"{args.crop}^2 crops, Adam 1e-3 wd 5e-4, recipe {args.recipe}; CIRL = phase I "
+            f"{args.steps // 2} steps + phase II {args.steps // 2} steps (lambda 0.3, K 20, "
+            "beta 0.2); best checkpoint on val; test scores: per-image mean F1 at 0.5 (JTFN "
+            "protocol, empty image F1 = 0), ODS/OIS/AP over 99 thresholds; mean and sample "
+            "std over seeds"
         ),
+        "arms": {arm: ARMS[arm] for arm in arms},
         "seeds": seeds,
         "table": table,
         "minus_bce_f1": {
@@ -313,24 +396,33 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
     print(result["protocol"])
-    print(
-        f"{'arm':10} {'F1 (paper)':>16} {'ODS':>8} {'OIS':>8} {'AP':>8} {'F1 2px':>8} {'step':>7}"
-    )
-    rel = timing["relative_to_bce"]
-    for arm in ARMS:
+    print(f"{'arm':18} {'F1 (paper)':>16} {'ODS':>7} {'OIS':>7} {'AP':>7} {'-BCE':>7} "
+          f"{'|A|/|M|':>8} {'crack A I->II':>14} {'ring FP I->II':>14}")  # fmt: skip
+    for arm in arms:
         row = table[arm]
-        step = rel["cirl_phase2"] if arm.startswith("cirl") else rel[arm]
+        mech = row.get("mechanism") or {}
+
+        def pair(a: str, b: str, mech=mech) -> str:
+            if mech.get(a) is None:
+                return "-"
+            return f"{mech[a]:.2f}->{mech[b]:.2f}" if mech.get(b) is not None else f"{mech[a]:.2f}"
+
+        gain = statistics.fmean(gains[arm]) if arm in gains else 0.0
         print(
-            f"{arm:10} {row['f1']['mean']:8.4f} ± {row['f1']['std']:.4f} {row['ods']['mean']:8.4f} "
-            f"{row['ois']['mean']:8.4f} {row['ap']['mean']:8.4f} {row['f1_tol2']['mean']:8.4f} "
-            f"{step:6.2f}x"
+            f"{arm:18} {row['f1']['mean']:8.4f} ± {row['f1']['std']:.4f} {row['ods']['mean']:7.4f} "
+            f"{row['ois']['mean']:7.4f} {row['ap']['mean']:7.4f} {gain:+7.4f} "
+            f"{mech.get('selected_fraction_of_m', 0):8.4f} "
+            f"{pair('crack_share_of_a_after_phase1', 'crack_share_of_a_after_phase2'):>14} "
+            f"{pair('ring_fp_rate_after_phase1', 'ring_fp_rate_after_phase2'):>14}"
         )
-    print(
-        "step time relative to BCE (phase I / phase II): "
-        f"{rel['phase1']:.2f}x / {rel['cirl_phase2']:.2f}x; achieved training GFLOP/s "
-        + ", ".join(f"{k} {v:.1f}" for k, v in timing["train_gflops_achieved"].items())
-        + " (fp32 matmul ceiling about 159 on this machine)"
-    )
+    if timing:
+        print(
+            "step ms: "
+            + ", ".join(
+                f"{k} {v:.0f} ({timing['relative_to_bce'][k]:.2f}x)"
+                for k, v in timing["ms_per_step"].items()
+            )
+        )
     for arm, g in gains.items():
         print(f"{arm} - bce, per-image F1 per seed: {[round(v, 4) for v in g]}")
     print(f"wrote {path}")

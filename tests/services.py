@@ -282,3 +282,80 @@ def seaweed_s3(
         tail = log.read_text(errors="replace")[-4000:]
         reasons.append(f"try {attempt + 1} (ports {ports}): {why}\n--- {log} (tail) ---\n{tail}")
     raise ServiceError("SeaweedFS S3 server did not start:\n" + "\n".join(reasons))
+
+
+@dataclass
+class PostgresServer:
+    """A running PostgreSQL server on 127.0.0.1 with one database, trust auth for ``cirl``."""
+
+    url: str
+    port: int
+    workdir: Path
+
+
+def postgres_bin() -> Path | None:
+    """The folder of Debian's PostgreSQL server binaries (``initdb``, ``postgres``), or None."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@contextlib.contextmanager
+def postgres(database: str = "cirl") -> Iterator[PostgresServer]:
+    """Start a throw-away PostgreSQL server on a free loopback port; stop and remove it after.
+
+    PostgreSQL refuses to run as root: under root the cluster belongs to the ``postgres``
+    user that Debian's package creates, and the server runs as that user (``runuser``).
+    """
+    bindir = postgres_bin()
+    if bindir is None:
+        raise ServiceError(
+            "PostgreSQL server binaries not found (Debian: apt-get install postgresql)"
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="cirl-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = workdir / "data"
+
+    def run(*command: str) -> None:
+        done = subprocess.run([*as_user, *command], capture_output=True, text=True)
+        if done.returncode:
+            raise ServiceError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+
+    proc = None
+    try:
+        run(str(bindir / "initdb"), "-D", str(data), "-U", "cirl", "--auth=trust", "-E", "UTF8")
+        for _ in range(_TRIES):
+            port = _free_ports(1)[0]
+            log = open(workdir / "server.log", "w")  # noqa: SIM115 - closed with the server
+            proc = subprocess.Popen(
+                [*as_user, str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={workdir}",
+                 "-c", "max_connections=50", "-c", "fsync=off"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline and proc.poll() is None:
+                ready = subprocess.run(
+                    [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                    capture_output=True,
+                )
+                if ready.returncode == 0:
+                    break
+                time.sleep(0.2)
+            if proc.poll() is None:
+                break
+            log.close()
+        else:
+            text = (workdir / "server.log").read_text()
+            raise ServiceError(f"PostgreSQL did not start:\n{text[-3000:]}")
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "cirl", database)
+        yield PostgresServer(f"postgresql://cirl@127.0.0.1:{port}/{database}", port, workdir)
+    finally:
+        if proc is not None:
+            _stop(proc, grace=10.0)
+        shutil.rmtree(workdir, ignore_errors=True)

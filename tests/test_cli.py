@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     "promote",
     "register",
     "select",
+    "sweep",
     "synth",
     "train",
 ]

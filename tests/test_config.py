@@ -74,7 +74,18 @@ def test_every_group_of_the_repository_params_file_matches_its_stage():
     """make run passes params.yaml to every stage: a stale key would stop it half-way."""
     import yaml
 
-    from cirl import audit, evaluate, export, predict, registry, selection, synth, tracking, train
+    from cirl import (
+        audit,
+        evaluate,
+        export,
+        predict,
+        registry,
+        selection,
+        sweep,
+        synth,
+        tracking,
+        train,
+    )
 
     stages = {
         "synth": synth.SynthConfig,
@@ -87,6 +98,7 @@ def test_every_group_of_the_repository_params_file_matches_its_stage():
         "tracking": tracking.TrackingConfig,
         "register": registry.RegisterConfig,
         "audit": audit.AuditConfig,
+        "sweep": sweep.SweepConfig,
     }
     path = Path(__file__).resolve().parents[1] / "params.yaml"
     groups = yaml.safe_load(path.read_text())

@@ -312,6 +312,31 @@ def _cmd_predict(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace, cfg) -> int:
+    from cirl import config, sweep
+    from cirl.selection import SelectConfig
+    from cirl.train import TrainConfig
+
+    # the recipe and the defaults: the train and select groups of --params (the sweep's own
+    # options share names with their keys, so they are not read from the command line here)
+    train_cfg = config.resolve(TrainConfig, "train", args.params)
+    select_cfg = config.resolve(SelectConfig, "select", args.params)
+    tcfg = resolved_config(args, "tracking")
+    result = sweep.run(cfg, train_cfg, select_cfg, args.data, args.out, tcfg)
+    _print_json(
+        {
+            "out": str(result.out),
+            "storage": result.storage,
+            "trials": result.trials,
+            "complete": result.complete,
+            "failed": result.failed,
+            "pruned": result.pruned,
+            "best": result.best,
+        }
+    )
+    return 0
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "synth",
@@ -386,6 +411,24 @@ COMMANDS: tuple[Command, ...] = (
             arg("--checkpoint", required=True, metavar="PT", help="phase-I checkpoint"),
             arg("--out", required=True, metavar="DIR", help="selection folder"),
             arg("--parent-run-id", metavar="ID", help="MLflow parent run (a pipeline run)"),
+        ),
+    ),
+    Command(
+        "sweep",
+        "Optuna sweeps over lambda, gamma, K, beta and CIRL's method options",
+        "Sensitivity (one parameter at a time around the train/select groups of --params) or "
+        "TPE search (all jointly). Each trial trains phase I (shared between trials with the "
+        "same phase-I keys), selects (shared likewise), trains phase II and returns its best "
+        "val F1; poor trials are pruned, failed ones recorded, an interrupted sweep resumes "
+        "and workers sharing --storage split the trials. Writes OUT/trials.csv, "
+        "OUT/sensitivity.png/.csv, OUT/importance.png/.csv, OUT/best.md/.csv (test scored "
+        "once, after the choice).",
+        _cmd_sweep,
+        group="sweep",
+        extra_groups=("tracking",),
+        args=(
+            arg("--data", required=True, metavar="DIR", help="prepared folder (train/val/test)"),
+            arg("--out", required=True, metavar="DIR", help="sweep folder"),
         ),
     ),
     Command(

@@ -193,6 +193,7 @@ STAGE_CONFIGS: dict[str, str] = {
     "register": "cirl.registry:RegisterConfig",
     "promote": "cirl.registry:PromoteConfig",
     "audit": "cirl.audit:AuditConfig",
+    "sweep": "cirl.sweep:SweepConfig",
 }
 
 

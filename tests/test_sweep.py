@@ -1,0 +1,194 @@
+"""Sweep tier: ``cirl sweep`` with a tiny budget on synthetic data (issue 10's checks).
+
+A 4-point sensitivity sweep completes, shares phase I and selections between trials, writes its
+plots and tables and scores the chosen setting on test once; a killed sweep resumes (the dead
+worker's trial is re-run after its heartbeat goes stale); a trial that raises is recorded and
+the study goes on; two worker processes share one study on a real PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services import ServiceError, postgres, postgres_bin
+
+PARAMS = """\
+train:
+  epochs: 1
+  steps_per_epoch: 2
+  crop: 64
+  batch_size: 2
+  k: 5
+  max_pixels: 512
+  device: cpu
+  crack_crops: 1.0
+  seed: 0
+select:
+  gamma: 0.4
+  device: cpu
+tracking:
+  track: false
+"""
+# 4 points: the default, gamma 0.1, beta 0.05, rule error (lambda, K and the options fixed)
+POINTS = ["--lam", "0.3", "--gamma", "0.4,0.1", "--k", "5", "--beta", "0.2,0.05",
+          "--rule", "variance,error", "--aseg-form", "eq7", "--ci-reduction", "image"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    from cirl.prepare import PrepareConfig
+    from cirl.prepare import run as prepare
+    from cirl.synth import SynthConfig
+    from cirl.synth import run as synth
+
+    root = tmp_path_factory.mktemp("sweep")
+    synth(SynthConfig(n=6, width=256, height=192), root / "raw")
+    prepare(PrepareConfig(tile=128, split=(0.5, 0.25, 0.25)), root / "raw", "folder", root / "prep")
+    (root / "params.yaml").write_text(PARAMS)
+    return root
+
+
+def _sweep(root: Path, out: Path, *extra: str, wait: bool = True):
+    command = [
+        sys.executable, "-m", "cirl", "sweep", "--params", str(root / "params.yaml"),
+        "--data", str(root / "prep"), "--out", str(out), "--epochs", "2", *POINTS, *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def _trials(out: Path) -> list[dict]:
+    with open(out / "trials.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_sensitivity_sweep_completes_shares_phase1_and_writes_reports(workdir):
+    out = workdir / "one"
+    result = _sweep(workdir, out)
+    assert result["trials"] == result["complete"] == 4
+    rows = _trials(out)
+    assert sorted(r["varied"] for r in rows) == ["beta", "default", "gamma", "rule"]
+    assert all(r["state"] == "COMPLETE" and 0 <= float(r["val_f1"]) <= 1 for r in rows)
+    # one phase I for all four (same lambda and std-head options), one selection per
+    # (rule, gamma): variance 0.4, variance 0.1, error
+    cache = out / "cache"
+    assert len([p for p in cache.glob("phase1-*") if p.is_dir()]) == 1
+    assert len([p for p in cache.glob("select-*") if p.is_dir()]) == 3
+    for name in ("sensitivity.png", "importance.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sensitivity = list(csv.DictReader((out / "sensitivity.csv").read_text().splitlines()))
+    assert {r["parameter"] for r in sensitivity} == {"gamma", "beta", "rule"}
+    best = (out / "best.md").read_text()
+    assert "| best |" in best and "| default |" in best
+    test_f1 = float(result["best"]["test_f1"])
+    assert 0 <= test_f1 <= 1
+    # scored once: a second report reuses the stored test scores and runs nothing new
+    again = _sweep(workdir, out)
+    assert again["trials"] == 4 and again["best"]["test_f1"] == result["best"]["test_f1"]
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(workdir):
+    out = workdir / "fail"
+    # K = 600 passes the sweep's checks but not the train group's max_pixels (512): that
+    # trial's phase II config raises
+    extra = ["--k", "5,600", "--beta", "0.2", "--gamma", "0.4", "--rule", "variance"]
+    result = _sweep(workdir, out, *extra)
+    rows = _trials(out)
+    failed = [r for r in rows if r["state"] == "FAIL"]
+    assert result["failed"] == 1 and len(failed) == 1
+    assert failed[0]["k"] == "600" and "max_pixels" in failed[0]["error"]
+    assert result["complete"] == 1 and result["best"]["k"] == 5
+
+
+def test_killed_sweep_resumes_and_reruns_the_dead_trial(workdir):
+    out = workdir / "resume"
+    heartbeat = ["--heartbeat", "1", "--grace", "3", "--no-test"]
+    proc = _sweep(workdir, out, *heartbeat, wait=False)
+    # kill the worker (no clean-up: SIGKILL) once the second trial has started its phase II
+    deadline = time.monotonic() + 300
+    while not (out / "trials" / "1").is_dir():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(4)  # past the grace period: the running trial is now stale
+    result = _sweep(workdir, out, *heartbeat)
+    rows = _trials(out)
+    states = [r["state"] for r in rows]
+    assert "RUNNING" not in states
+    assert states.count("FAIL") == 1  # the killed trial, failed by its stale heartbeat...
+    dead = next(r for r in rows if r["state"] == "FAIL")
+    retried = [r for r in rows if r["state"] == "COMPLETE" and r["varied"] == dead["varied"]]
+    assert retried, "...and run again"
+    complete = {r["varied"] for r in rows if r["state"] == "COMPLETE"}
+    assert complete == {"default", "gamma", "beta", "rule"}
+    assert result["complete"] == 4
+
+
+@pytest.fixture(scope="module")
+def pg():
+    if postgres_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is missing; .ci/run installs Debian's postgresql")
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    try:
+        with postgres() as server:
+            yield server
+    except ServiceError as exc:
+        pytest.fail(str(exc))
+
+
+def test_two_workers_share_one_postgresql_study(workdir, pg):
+    out = workdir / "parallel"
+    storage = ["--storage", pg.url, "--study", "parallel", "--no-test"]
+    workers = [_sweep(workdir, out, *storage, wait=False) for _ in range(2)]
+    for proc in workers:
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr.decode()[-3000:]
+    import optuna
+
+    study = optuna.load_study(study_name="parallel", storage=pg.url)
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    ran = [t for t in complete if "duplicate_of" not in t.user_attrs]
+    # every point done, none trained twice (a point both workers drew is reused, not re-run),
+    # and both workers trained some
+    assert sorted(t.params["point"] for t in ran) == [0, 1, 2, 3]
+    assert len(list((out / "trials").iterdir())) == 4
+    for t in complete:
+        if "duplicate_of" in t.user_attrs:
+            assert t.value == study.trials[t.user_attrs["duplicate_of"]].value
+    assert len({t.user_attrs["worker"] for t in ran}) == 2
+    assert "postgresql" not in (out / "trials.csv").read_text()  # no credentials in reports
+
+
+def test_search_mode_draws_jointly_and_ranks_importances(workdir):
+    out = workdir / "search"
+    result = _sweep(workdir, out, "--mode", "search", "--n-trials", "3", "--no-test")
+    assert result["trials"] == 3
+    rows = _trials(out)
+    assert {r["varied"] for r in rows} == {"search"}
+    # beta drawn in [0.05, 0.2] on a log scale, gamma in [0.1, 0.4], the rule among both
+    for r in rows:
+        assert 0.05 <= float(r["beta"]) <= 0.2 and 0.1 <= float(r["gamma"]) <= 0.4
+    importance = (out / "importance.csv").read_text().splitlines()
+    assert importance[0] == "parameter,importance" and len(importance) > 1
+    # a search study cannot be resumed as a sensitivity one
+    command = [sys.executable, "-m", "cirl", "sweep", "--params", str(workdir / "params.yaml"),
+               "--data", str(workdir / "prep"), "--out", str(out), *POINTS]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode != 0 and "search sweep" in done.stderr
