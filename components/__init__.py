@@ -22,6 +22,8 @@ STAGE_COMPONENTS = (
     "evaluate",
     "export_onnx",
     "register_model",
+    "sweep_worker",
+    "sweep_report",
 )
 
 

@@ -211,3 +211,40 @@ def register_model(
 
     with tasks.task_errors("register"):
         tasks.register(onnx, evaluation, checkpoint, params, registration, tracking, parent_run_id)
+
+
+def sweep_worker(
+    dataset: Input[Dataset],
+    params: dict,
+    train_params: dict,
+    select_params: dict,
+    worker: int,
+    code_version: str,
+    tracking: dict,
+    parent_run_id: str,
+    out: Output[Artifact],
+):
+    """One sweep worker: trials of the shared Optuna study until it is done."""
+    from cirl import tasks
+
+    with tasks.task_errors(f"sweep worker {worker}"):
+        tasks.sweep_worker(
+            dataset, params, train_params, select_params, out, tracking, parent_run_id
+        )
+
+
+def sweep_report(
+    dataset: Input[Dataset],
+    workers: Input[list[Artifact]],
+    params: dict,
+    train_params: dict,
+    select_params: dict,
+    code_version: str,
+    report: Output[Artifact],
+    page: Output[HTML],
+):
+    """The sweep's plots and tables, and the best setting's test scores (once)."""
+    from cirl import tasks
+
+    with tasks.task_errors("sweep report"):
+        tasks.sweep_report(dataset, workers, params, train_params, select_params, report, page)

@@ -83,8 +83,10 @@ class SweepConfig:
         n_trials: trials this worker runs; 0 = sensitivity: until every point is done,
             search: 20.
         study: the study's name in the storage.
-        storage: Optuna storage URL; empty = ``sqlite:///OUT/study.db`` (one worker). Use a
-            ``postgresql://user:password@host/db`` URL for workers on several machines.
+        storage: Optuna storage URL; empty = ``$CIRL_SWEEP_STORAGE``, else
+            ``sqlite:///OUT/study.db`` (one worker). Use a ``postgresql://user:password@host/db``
+            URL for workers on several machines (the environment variable keeps the password
+            out of command lines and params files).
         epochs: epochs of each phase of a trial; 0 = the ``train`` group's.
         steps_per_epoch: optimizer steps per epoch of a trial; 0 = the ``train`` group's.
         lam, gamma, k, beta: the values of the sensitivity mode; the search mode draws
@@ -217,8 +219,15 @@ def _storage(cfg: SweepConfig, out: Path):
     """The Optuna storage: RDB with heartbeats and the retry of dead trials."""
     import optuna
 
-    url = cfg.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    engine = {"pool_pre_ping": True} if not url.startswith("sqlite") else {}
+    url = (
+        cfg.storage
+        or os.environ.get("CIRL_SWEEP_STORAGE", "")
+        or f"sqlite:///{(out / 'study.db').resolve()}"
+    )
+    # SQLite: wait for a busy database (workers of one machine) instead of failing at once
+    engine = (
+        {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    )
     last: Exception | None = None
     # Workers starting together on an empty database race to create Optuna's tables (one
     # fails with "already exists"); the tables are there when it tries again.
@@ -428,6 +437,70 @@ def _same_settings(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
+def open_study(cfg: SweepConfig, train_cfg, select_cfg, out: Path):
+    """Create, load or join the study; returns ``(url, study, points, default)``.
+
+    ``points`` is None in search mode.
+
+    Raises:
+        CirlError: on an unreachable storage, or a study of the same name started with
+            another mode or other sensitivity points.
+    """
+    import optuna
+
+    url, storage = _storage(cfg, out)
+    default = defaults_point(train_cfg, select_cfg)
+    points = sensitivity_points(cfg, default) if cfg.mode == "sensitivity" else None
+    if points is not None:
+        # the same seed in every worker: it orders the grid, which the workers share by index
+        sampler = optuna.samplers.GridSampler({"point": list(range(len(points)))}, seed=cfg.seed)
+    else:
+        # one worker (the default storage): the seed as given, a repeatable sequence; workers
+        # sharing a storage: each its own stream (or all would draw the same next point), and
+        # the running trials count as done at their mean (constant liar)
+        shared = bool(cfg.storage or os.environ.get("CIRL_SWEEP_STORAGE"))
+        seed = cfg.seed if not shared else cfg.seed * 1_000_003 + os.getpid()
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=shared)
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        if cfg.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        study_name=cfg.study,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction="maximize",
+        load_if_exists=True,
+    )
+    plain = json.loads(json.dumps(points, default=str)) if points is not None else None
+    recorded = study.user_attrs.get("mode")
+    if recorded and recorded != cfg.mode:
+        raise CirlError(
+            f"study {cfg.study!r} in {url.split('@')[-1]} is a {recorded} sweep; use another "
+            "--study name or the same --mode"
+        )
+    if not recorded:
+        study.set_user_attr("mode", cfg.mode)
+        study.set_user_attr("default", json.loads(json.dumps(default, default=str)))
+        if plain is not None:
+            study.set_user_attr("points", plain)
+    elif plain is not None and study.user_attrs.get("points") != plain:
+        raise CirlError(
+            f"study {cfg.study!r} was started with other sensitivity points (another params "
+            "file?); use another --study name or the same parameters"
+        )
+    return url, study, points, default
+
+
+def _check_data(data: Path) -> None:
+    from cirl.data.manifest import read_manifest
+
+    if not any(r.split == "val" for r in read_manifest(data)):
+        raise CirlError(f"{data}: no val split; a sweep chooses on the val split (cirl prepare)")
+
+
 def run(
     cfg: SweepConfig,
     train_cfg,
@@ -453,56 +526,11 @@ def run(
     import optuna
 
     from cirl import tracking
-    from cirl.data.manifest import read_manifest
 
     data, out = Path(data), Path(out)
-    records = read_manifest(data)
-    if not any(r.split == "val" for r in records):
-        raise CirlError(f"{data}: no val split; a sweep chooses on the val split (cirl prepare)")
+    _check_data(data)
     out.mkdir(parents=True, exist_ok=True)
-    url, storage = _storage(cfg, out)
-    default = defaults_point(train_cfg, select_cfg)
-    points = sensitivity_points(cfg, default) if cfg.mode == "sensitivity" else None
-    if points is not None:
-        # the same seed in every worker: it orders the grid, which the workers share by index
-        sampler = optuna.samplers.GridSampler({"point": list(range(len(points)))}, seed=cfg.seed)
-    else:
-        # one worker (the default storage): the seed as given, a repeatable sequence; workers
-        # sharing a storage: each its own stream (or all would draw the same next point), and
-        # the running trials count as done at their mean (constant liar)
-        seed = cfg.seed if not cfg.storage else cfg.seed * 1_000_003 + os.getpid()
-        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=bool(cfg.storage))
-    pruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-        if cfg.pruner == "median"
-        else optuna.pruners.NopPruner()
-    )
-    study = optuna.create_study(
-        study_name=cfg.study,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        direction="maximize",
-        load_if_exists=True,
-    )
-    recorded = study.user_attrs.get("mode")
-    if recorded and recorded != cfg.mode:
-        raise CirlError(
-            f"study {cfg.study!r} in {url.split('@')[-1]} is a {recorded} sweep; use another "
-            "--study name or the same --mode"
-        )
-    if not recorded:
-        study.set_user_attr("mode", cfg.mode)
-        study.set_user_attr("default", json.loads(json.dumps(default, default=str)))
-        if points is not None:
-            study.set_user_attr("points", json.loads(json.dumps(points, default=str)))
-    elif points is not None and study.user_attrs.get("points") != json.loads(
-        json.dumps(points, default=str)
-    ):
-        raise CirlError(
-            f"study {cfg.study!r} was started with other sensitivity points (another params "
-            "file?); use another --study name or the same parameters"
-        )
+    url, study, points, default = open_study(cfg, train_cfg, select_cfg, out)
 
     with contextlib.ExitStack() as stack:
         parent = study.user_attrs.get("mlflow_run_id")
@@ -543,6 +571,10 @@ def run(
         if points is None or _points_left(study, len(points)):
             study.optimize(objective, n_trials=n_trials, catch=(Exception,))
         best = report(study, cfg, out, data, default)
+    return _result(study, out, url, best)
+
+
+def _result(study, out: Path, url: str, best: dict | None) -> SweepResult:
     trials = study.get_trials(deepcopy=False)
     states = [t.state.name for t in trials]
     return SweepResult(
@@ -556,19 +588,44 @@ def run(
     )
 
 
+def report_study(
+    cfg: SweepConfig,
+    train_cfg,
+    select_cfg,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    trial_roots: tuple[Path, ...] = (),
+) -> SweepResult:
+    """Write the reports of a study whose trials ran elsewhere (the sweep pipeline's last task).
+
+    Args:
+        trial_roots: folders holding the workers' ``trials/<n>/`` (their outputs), searched
+            for the checkpoint of a trial whose recorded folder is not on this machine.
+    """
+    data, out = Path(data), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    url, study, _, default = open_study(cfg, train_cfg, select_cfg, out)
+    best = report(study, cfg, out, data, default, trial_roots)
+    return _result(study, out, url, best)
+
+
 def _settings_label(key: str, value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _test_f1(study, trial, data: Path) -> dict | None:
+def _test_f1(study, trial, data: Path, trial_roots: tuple[Path, ...] = ()) -> dict | None:
     """The test scores of a trial's phase II, scored once (kept in the study)."""
     stored = study.user_attrs.get(f"test_{trial.number}")
     if stored:
         return stored
-    folder = Path(trial.user_attrs.get("folder", ""))
-    checkpoint = folder / "best.pt"
-    if not checkpoint.is_file():
+    number = trial.user_attrs.get("duplicate_of", trial.number)
+    candidates = [Path(trial.user_attrs.get("folder", ""))]
+    candidates += [Path(root) / "trials" / str(number) for root in trial_roots]
+    folder = next((c for c in candidates if (c / "best.pt").is_file()), None)
+    if folder is None:
+        log.warning("trial %d: no checkpoint found for its test score", trial.number)
         return None
+    checkpoint = folder / "best.pt"
     out = folder / "test"
     if not (out / "metrics.json").is_file():
         command = [
@@ -588,7 +645,14 @@ def _test_f1(study, trial, data: Path) -> dict | None:
     return scores
 
 
-def report(study, cfg: SweepConfig, out: Path, data: Path, default: dict) -> dict | None:
+def report(
+    study,
+    cfg: SweepConfig,
+    out: Path,
+    data: Path,
+    default: dict,
+    trial_roots: tuple[Path, ...] = (),
+) -> dict | None:
     """Write trials.csv, the sensitivity/importance plots and tables, and best.md/best.csv."""
     import optuna
 
@@ -631,7 +695,7 @@ def report(study, cfg: SweepConfig, out: Path, data: Path, default: dict) -> dic
     ]
     csv_rows = []
     for name, t in table:
-        scores = _test_f1(study, t, data) if cfg.test else None
+        scores = _test_f1(study, t, data, trial_roots) if cfg.test else None
         settings = t.user_attrs.get("settings", {})
         test = scores or {}
         lines.append(
