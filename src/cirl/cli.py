@@ -401,8 +401,10 @@ COMMANDS: tuple[Command, ...] = (
         "select",
         "select the ambiguous pixels with a phase-I model",
         "Run the phase-I model over every training tile and write OUT/ambiguous/*.png "
-        "(A = sigma^2 > gamma inside the marginal ring), OUT/log_variance/*.png, "
-        "OUT/selection.csv, OUT/summary.json and OUT/overview.png.",
+        "(A = sigma^2 > gamma inside the marginal ring; --rule error: the model's squared "
+        "error over 8 flips/rotations > lam), OUT/log_variance/*.png (or OUT/error/*.png), "
+        "OUT/selection.csv, OUT/summary.json (with the crack share of A and the ring's "
+        "false-positive rate) and OUT/overview.png.",
         _cmd_select,
         group="select",
         extra_groups=("tracking",),

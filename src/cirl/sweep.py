@@ -288,8 +288,14 @@ class _Runner:
     def select(self, point: dict, phase1: Path) -> Path | None:
         if point["selection"] == "online":
             return None
+        # each rule reads one threshold: the other keeps its default, so trials that differ only
+        # in the unused one share the selection
+        variance = point["rule"] == "variance"
         cfg = dataclasses.replace(
-            self.select_cfg, rule=point["rule"], gamma=point["gamma"], lam=point["lam"]
+            self.select_cfg,
+            rule=point["rule"],
+            gamma=point["gamma"] if variance else self.select_cfg.gamma,
+            lam=self.select_cfg.lam if variance else point["lam"],
         )
         key = _digest({"phase1": phase1.name, "select": to_dict(cfg)})
         folder = self.out / "cache" / f"select-{key}"
