@@ -306,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default=str(REPO.parent / "shared" / "datasets" / "deepcrack"))
     parser.add_argument("--format", default="folder", help="cirl prepare --format of --source")
     parser.add_argument("--data", default=None, help="an already prepared folder (tile 0)")
+    parser.add_argument(
+        "--prepare-json",
+        default="{}",
+        help="PrepareConfig keys for --source, e.g. '{\"split\": [0.6, 0.1, 0.3]}' (a set "
+        "without an official split: a test split large enough to score)",
+    )
     parser.add_argument("--work", default=str(REPO / "runs" / "ablation"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"of {', '.join(ARMS)}")
@@ -336,7 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data) if args.data else work / "prepared"
     if not (data / "manifest.csv").is_file():
         _log(f"prepare {args.source} (official split, whole photos)")
-        prepare.run(prepare.PrepareConfig(tile=0, workers=2), args.source, args.format, data)
+        keys = {"tile": 0, "workers": 2, **json.loads(args.prepare_json)}
+        from cirl.config import from_mapping
+
+        cfg = from_mapping(prepare.PrepareConfig, keys, "--prepare-json")
+        prepare.run(cfg, args.source, args.format, data)
     seeds = [int(s) for s in args.seeds.split(",")]
     per_seed = {}
     t0 = time.perf_counter()
