@@ -301,6 +301,37 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def markdown_table(result: dict, arms: list[str]) -> str:
+    """The results as a Markdown table (what docs/ quotes): scores, gain, mechanism numbers."""
+    lines = [
+        "| arm | F1 (per image, 0.5) | P | R | ODS | OIS | AP | F1 - BCE per seed | "
+        "|A|/|M| | crack share of A, I -> II | ring FP rate, I -> II |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in arms:
+        row = result["table"][arm]
+        mech = row.get("mechanism") or {}
+
+        def pair(a: str, b: str, mech=mech) -> str:
+            if mech.get(a) is None:
+                return "-"
+            after = f" -> {mech[b]:.3f}" if mech.get(b) is not None else ""
+            return f"{mech[a]:.3f}{after}"
+
+        gain = result["minus_bce_f1"].get(arm)
+        gains = ", ".join(f"{g:+.4f}" for g in gain["per_seed"]) if gain else "-"
+        frac = mech.get("selected_fraction_of_m")
+        lines.append(
+            f"| {arm} | {row['f1']['mean']:.4f} ± {row['f1']['std']:.4f} "
+            f"| {row['precision']['mean']:.3f} | {row['recall']['mean']:.3f} "
+            f"| {row['ods']['mean']:.4f} | {row['ois']['mean']:.4f} | {row['ap']['mean']:.4f} "
+            f"| {gains} | {'-' if frac is None else f'{frac:.3f}'} "
+            f"| {pair('crack_share_of_a_after_phase1', 'crack_share_of_a_after_phase2')} "
+            f"| {pair('ring_fp_rate_after_phase1', 'ring_fp_rate_after_phase2')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default=str(REPO.parent / "shared" / "datasets" / "deepcrack"))
@@ -404,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = Path(args.json) if args.json else work / "ablation.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown_table(result, arms))
 
     print(result["protocol"])
     print(f"{'arm':18} {'F1 (paper)':>16} {'ODS':>7} {'OIS':>7} {'AP':>7} {'-BCE':>7} "
