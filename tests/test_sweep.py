@@ -246,3 +246,24 @@ def test_sweep_pipeline_runs_here_workers_then_one_report(workdir, tmp_path):
     # the best setting was scored on test by the report task, from a worker's checkpoint
     best = list(csv.DictReader((report / "best.csv").read_text().splitlines()))
     assert 0 <= float(best[0]["test_f1"]) <= 1
+
+
+def test_tracked_sweep_is_a_run_with_one_nested_run_per_trial(workdir, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = workdir / "tracked"
+    extra = ["--gamma", "0.4", "--rule", "variance", "--no-test", "--track",
+             "--tracking-uri", uri, "--experiment", "sweeps"]  # fmt: skip
+    result = _sweep(workdir, out, *extra)
+    assert result["complete"] == 2  # the default and beta 0.05
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("sweeps")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("cirl.stage") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("cirl.stage") == "sweep-trial"]
+    assert len(children) == 2
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert "val_f1" in run.data.metrics and run.data.params["beta"] in ("0.2", "0.05")
