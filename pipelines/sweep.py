@@ -180,7 +180,7 @@ def run_local(args: argparse.Namespace) -> int:
     root = Path(args.out).resolve()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     outputs = pipeline(source=str(Path(args.source).resolve()), source_format=args.format)
-    print(outputs.outputs["report"].path)
+    print(f"sweep report folder: {outputs.outputs['report'].path}", flush=True)
     return 0
 
 

@@ -236,7 +236,10 @@ def test_sweep_pipeline_runs_here_workers_then_one_report(workdir, tmp_path):
                "--storage", storage, "--out", str(tmp_path / "root"), "--workers", "2"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = Path(done.stdout.strip().splitlines()[-1])
+    # the runner's own log lines share stdout: find ours
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    marker = "sweep report folder: "
+    report = Path(next(line for line in lines if line.startswith(marker))[len(marker) :])
     rows = _trials(report)
     # the local runner starts both workers at once: each point trained once; a point both drew
     # at the end of the grid is reused, not trained again
