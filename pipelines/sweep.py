@@ -32,26 +32,21 @@ from kfp import compiler, dsl, kubernetes
 from kfp.dsl import HTML, Artifact
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `components` is a top-level folder of the repository
-    sys.path.insert(0, str(REPO))
+for folder in (REPO, REPO / "pipelines"):  # `components`, and `training` beside this file
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 import components  # noqa: E402
 
 PIPELINE_NAME = "cirl-sweep"
 GROUPS = ("prepare", "train", "select", "sweep")
-SECRET = "cirl-credentials"
-SECRET_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_ENDPOINT_URL",
-    "AWS_DEFAULT_REGION",
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_S3_ENDPOINT_URL",
-    "CIRL_SWEEP_STORAGE",
-)
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# The training pipeline's secret, its keys (plus the sweep's storage URL) and GPU toleration:
+# one declaration, in pipelines/training.py.
+import training  # noqa: E402
+
+SECRET = training.SECRET
+SECRET_ENV = (*training.SECRET_ENV, "CIRL_SWEEP_STORAGE")
+GPU_TOLERATION = training.GPU_TOLERATION
 
 
 class Outputs(NamedTuple):
