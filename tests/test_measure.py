@@ -20,6 +20,9 @@ from cirl.measure import (
     summarize,
     write_cracks_csv,
 )
+from cirl.measure import _chain_length as _chain_length  # private: our polyline length
+from cirl.measure import _graph as _graph  # private: skan's graph of a skeleton
+from cirl.measure import _path_points as _path_points  # private: a skan path's pixels
 from cirl.measure import _prune_spurs as _prune_spurs  # private: tested on a hand-made skeleton
 
 
@@ -118,6 +121,18 @@ def test_thick_band_length_is_its_end_to_end_extent(angle):
     crack = only(band((301, 301), (150, 150), angle, 201, 9))
     assert crack.length_px == pytest.approx(201, rel=0.03)
     assert angle_error(crack.orientation_deg, angle) < 1.0
+
+
+def test_two_pixel_wide_diagonal_keeps_its_length():
+    # Zhang-Suen thinning (the hand-written one this module had) erodes a two-pixel-wide
+    # diagonal staircase down to two pixels: it measured 2 px for this 141-px crack.
+    down = np.zeros((120, 120), bool)
+    i = np.arange(10, 110)
+    down[i, i] = down[i, i + 1] = True
+    for mask in (down, np.ascontiguousarray(down[::-1])):
+        crack = only(mask)
+        assert crack.length_px == pytest.approx(math.hypot(100, 100), rel=0.03)
+        assert crack.mean_width_px == pytest.approx(math.sqrt(2), rel=0.05)
 
 
 @pytest.mark.parametrize("angle", [10, 30, 60])
@@ -229,6 +244,59 @@ def test_pruning_keeps_one_prong_of_a_forked_end():
     assert skeleton[:, 10].sum() == 1  # the line still crosses column 10
     assert skeleton[[2, 6], [22, 22]].sum() == 1  # exactly one prong tip left
     assert skeleton[4, 2] == 1
+
+
+@pytest.mark.parametrize(("width", "angle"), [(1.5, 45), (2, 30), (2, 45)])
+def test_bumps_on_a_thin_crack_are_pruned(width, angle):
+    # One-pixel bumps on 30% of the pixels along a thin crack's edges. A bump hanging on the
+    # corner of a triangle of junction pixels is a spur from that corner; measured from skan's
+    # junction alone (its spanning tree cuts the triangle) it reaches a pixel farther and some
+    # stayed: +6% to +12% here.
+    mask = band((301, 301), (150, 150), angle, 201, width)
+    edge = (cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0) & ~mask
+    ys, xs = np.nonzero(edge)
+    bump = np.random.default_rng(0).random(ys.size) < 0.3
+    mask[ys[bump], xs[bump]] = True
+    assert only(mask).length_px == pytest.approx(201, rel=0.04)
+
+
+def test_skan_paths_and_our_polylines_on_a_cross():
+    # Two 81-px lines crossing: skan splits the skeleton into 4 branches from the junction to
+    # the ends (type 1), 40 px each; on axis-aligned paths its link sum and our polyline agree.
+    mask = np.zeros((101, 101), np.uint8)
+    mask[50, 10:91] = 1
+    mask[10:91, 50] = 1
+    graph = _graph(mask)
+    assert graph.n_paths == 4
+    for i in range(4):
+        path = graph.path(i)
+        assert sorted(graph.degrees[[path[0], path[-1]]].tolist()) == [1, 4]
+    ours = [_chain_length(*_path_points(graph, i)) for i in range(4)]
+    assert ours == pytest.approx(graph.path_lengths().tolist())
+    assert ours == pytest.approx([40.0] * 4)
+    assert only(mask).length_px == pytest.approx(162, abs=1e-3)  # 2 x (80 + 2 x 0.5)
+
+
+def test_skan_link_sum_overstates_an_oblique_line_our_polyline_does_not():
+    # Why the length stays ours: the 8-neighbour link sum of skan's path follows the staircase
+    # of a line at about 22.5 degrees (+8%); the Douglas-Peucker polyline is its true length.
+    mask = np.zeros((120, 240), np.uint8)
+    cv2.line(mask, (10, 100), (210, 17), 1, 1)
+    graph = _graph(mask)
+    assert graph.n_paths == 1
+    truth = math.hypot(200, 83)
+    assert _chain_length(*_path_points(graph, 0)) == pytest.approx(truth, rel=1e-3)
+    assert graph.path_lengths()[0] > 1.05 * truth
+
+
+def test_skan_cycle_is_one_closed_path():
+    mask = np.zeros((260, 260), np.uint8)
+    cv2.circle(mask, (130, 130), 100, 1, 1)
+    graph = _graph(mask)
+    assert graph.n_paths == 1
+    points, closed = _path_points(graph, 0)
+    assert closed
+    assert _chain_length(points, closed) == pytest.approx(2 * math.pi * 100, rel=0.005)
 
 
 def test_small_blob_has_a_length():
