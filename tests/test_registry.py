@@ -273,7 +273,7 @@ def test_model_uri_errors_name_the_uri_and_the_fix(model, store, tmp_path):
         registry.fetch_model("models:/crack-err/7", uri)
     with pytest.raises(CirlError, match="is not models:/NAME@ALIAS"):
         registry.fetch_model("models:/a/b/c", uri)
-    with pytest.raises(CirlError, match="--engine onnx"):
+    with pytest.raises(CirlError, match="predict with --engine auto or onnx"):
         load_engine("models:/crack-err/1", "torch", tracking_uri=uri)
     missing = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     with pytest.raises(CirlError, match=r"cannot resolve models:/crack-err/1.*no database"):

@@ -231,8 +231,19 @@ def _cmd_export(args: argparse.Namespace, cfg) -> int:
     }
     if "int8" in result.report:
         payload["int8"] = result.report["int8"]["model"]
-        if "accuracy" in result.report["int8"]:
-            payload["int8_f1_change"] = result.report["int8"]["accuracy"]["f1_change"]
+    gate = result.report.get("accuracy_gate", {})
+    if "skipped" in gate:
+        payload["accuracy_gate"] = f"not run: {gate['skipped']}"
+    elif gate:
+        payload["accuracy_gate"] = {
+            name: entry.get("skipped")
+            or (
+                f"{'passed' if entry['passed'] else 'FAILED'}: F1 {entry['delta']['f1']:+.4f}, "
+                f"ODS {entry['delta']['ods']:+.4f}, AP {entry['delta']['ap']:+.4f} vs fp32 on "
+                f"{gate['split']}, {entry['speed_vs_reference']:.2f}x its speed"
+            )
+            for name, entry in gate["engines"].items()
+        }
     _print_json(_with_run(payload, run))
     return 0
 
@@ -295,16 +306,23 @@ def _cmd_predict(args: argparse.Namespace, cfg) -> int:
             progress=not args.quiet,
             tracking_uri=args.tracking_uri,
         )
+    report = json.loads((result.out / "predictions.json").read_text())
+    choice = report.get("engine_choice") or {}
     _print_json(
         {
             "out": str(result.out),
+            "engine": report["engine"],
+            "engine_choice": choice.get("why"),
             "done": len(result.done),
+            "skipped": len(result.skipped),
             "failed": [f["image"] for f in result.failed],
+            "summary": str(result.out / "summary.csv"),
         }
     )
     if result.failed:
         print(
-            f"error: {len(result.failed)} of {len(result.failed) + len(result.done)} photo(s) "
+            f"error: {len(result.failed)} of "
+            f"{len(result.failed) + len(result.done) + len(result.skipped)} photo(s) "
             f"failed; reasons in {result.out / 'predictions.json'}",
             file=sys.stderr,
         )
@@ -454,15 +472,23 @@ COMMANDS: tuple[Command, ...] = (
         "export a checkpoint to ONNX (backbone + seg head, sigmoid included)",
         "Write OUT (.onnx) without the std head, with dynamic batch/height/width, checked by "
         "onnx.checker and against PyTorch (max abs difference within --tolerance), and "
-        "OUT.json with the measurements. --quantize int8 adds OUT-stem.int8.onnx; with "
-        "--data its accuracy change on --split is measured.",
+        "OUT.json with the measurements. With a prepared folder (--data, or the one recorded "
+        "in the checkpoint) the accuracy gate scores the faster engines (OpenVINO fp32/bf16, "
+        "the int8 copy) against onnxruntime fp32 on --split and writes the verdicts into the "
+        "model's metadata; `cirl predict` uses only engines that passed. --quantize static "
+        "adds OUT-stem.int8.onnx calibrated on --data's training tiles.",
         _cmd_export,
         group="export",
         extra_groups=("tracking",),
         args=(
             arg("--checkpoint", required=True, metavar="PT", help="checkpoint to export"),
             arg("--out", required=True, metavar="ONNX", help="output .onnx file"),
-            arg("--data", metavar="DIR", help="prepared folder to score the int8 model on"),
+            arg(
+                "--data",
+                metavar="DIR",
+                help="prepared folder: the accuracy gate's split and the int8 calibration "
+                "(default: the folder recorded in the checkpoint, if still there)",
+            ),
             arg("--parent-run-id", metavar="ID", help="MLflow parent run (a pipeline run)"),
         ),
         quiet=False,
@@ -472,12 +498,20 @@ COMMANDS: tuple[Command, ...] = (
         "crack maps, overlays and crack measurements for photos of any size",
         "Sliding-window prediction with blended overlaps. Writes per photo NAME_mask.png, "
         "NAME_prob.png, NAME_overlay.jpg, NAME.json and NAME_cracks.csv (length, width, "
-        "orientation of each connected crack), and predictions.json. Photos that cannot "
-        "be read are reported and skipped; the exit status is 1 if any failed.",
+        "orientation of each connected crack), and over all photos summary.csv and "
+        "predictions.json. The input is a photo, a folder or an s3://bucket/prefix. Photos "
+        "already done by an earlier run (same photo, model and parameters) are skipped, so an "
+        "interrupted batch resumes. --engine auto (default) uses the fastest engine on this "
+        "machine that passed the model's accuracy gate. Photos that cannot be read are "
+        "reported and skipped; the exit status is 1 if any failed.",
         _cmd_predict,
         group="predict",
         args=(
-            arg("input", metavar="IMAGE_OR_DIR", help="a photo or a folder of photos"),
+            arg(
+                "input",
+                metavar="IMAGE_OR_DIR",
+                help="a photo, a folder of photos, or s3://bucket/prefix",
+            ),
             arg(
                 "--model",
                 required=True,

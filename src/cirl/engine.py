@@ -7,7 +7,15 @@ accuracy check use it, so both engines are exercised by the same code path.
 * :class:`OnnxEngine`: onnxruntime, CUDA provider when present and asked for, CPU otherwise;
   reads the stride and the model description from the file's metadata (written by
   ``cirl export``) and checks the graph's input and output against the contract.
+* :class:`OpenVinoEngine`: the same ONNX file compiled by OpenVINO for the CPU, in fp32 or, where
+  the CPU has bf16 arithmetic (AVX512-BF16, AMX), in bf16 (``openvino-bf16``).
 * :class:`TorchEngine`: a checkpoint rebuilt through the registry, std head dropped.
+
+Engine names (``cirl predict --engine``): ``onnx`` (onnxruntime fp32, the reference),
+``onnx-int8`` (the statically quantized ``NAME.int8.onnx`` that ``cirl export --quantize static``
+writes beside ``NAME.onnx``), ``openvino``, ``openvino-bf16``, ``torch``, and ``auto``
+(:mod:`cirl.gate`: the fastest engine on this machine among those that passed the accuracy
+gate recorded in the model's metadata).
 
 A model may also be named by an MLflow registry URI, ``models:/NAME@ALIAS`` or
 ``models:/NAME/VERSION`` (ONNX engine): the version's ONNX file is fetched once into a cache
@@ -17,6 +25,7 @@ folder (:func:`cirl.registry.fetch_model`), so deployments refer to an alias, no
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Literal, Protocol
@@ -25,7 +34,46 @@ import numpy as np
 
 from cirl.errors import CirlError
 
-EngineName = Literal["onnx", "torch"]
+log = logging.getLogger(__name__)
+
+EngineName = Literal["auto", "onnx", "onnx-int8", "openvino", "openvino-bf16", "torch"]
+ENGINES: tuple[str, ...] = ("auto", "onnx", "onnx-int8", "openvino", "openvino-bf16", "torch")
+GATED: tuple[str, ...] = ("onnx-int8", "openvino", "openvino-bf16")
+"""Engines that differ from the fp32 reference and are used only after the accuracy gate."""
+LOW_PRECISION: tuple[str, ...] = ("onnx-int8", "openvino-bf16")
+"""Engines refused without a passed gate unless forced (fp32 OpenVINO is allowed ungated)."""
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (the weights are not loaded)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others
+        raise CirlError(
+            f"{path}: not a readable ONNX file ({type(exc).__name__}); pass a file written by "
+            "`cirl export`"
+        ) from None
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def int8_path(path: str | os.PathLike) -> Path:
+    """Where ``cirl export --quantize`` writes the int8 copy of ``NAME.onnx``."""
+    path = Path(path)
+    return path.with_name(path.stem + ".int8.onnx")
+
+
+def _describe(path: Path, meta: dict[str, str]) -> dict:
+    description = {
+        "file": str(path),
+        "model_config": json.loads(meta.get("model_config", "null")),
+        "cirl_version": meta.get("cirl_version"),
+        "checkpoint_sha256": meta.get("checkpoint_sha256"),
+    }
+    if "quantization" in meta:
+        description["quantization"] = json.loads(meta["quantization"])
+    return description
 
 
 class Engine(Protocol):
@@ -95,19 +143,99 @@ class OnnxEngine:
                 f"{[(i.name, i.shape) for i in inputs]}, outputs {[o.name for o in outputs]}"
             )
         meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = dict(meta)
         self.input_name = inputs[0].name
         self.stride = int(meta.get("stride", 16))
-        self.description = {
-            "file": str(path),
-            "providers": self.session.get_providers(),
-            "model_config": json.loads(meta.get("model_config", "null")),
-            "cirl_version": meta.get("cirl_version"),
-            "checkpoint_sha256": meta.get("checkpoint_sha256"),
-        }
+        self.description = _describe(path, meta)
+        self.description["providers"] = self.session.get_providers()
+        if "quantization" in meta:
+            self.name = "onnx-int8"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})
         return out[0]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO can run bf16 arithmetic on this CPU (AVX512-BF16 or AMX)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVinoEngine:
+    """An ONNX model written by ``cirl export``, compiled by OpenVINO for the CPU.
+
+    Args:
+        path: the ``.onnx`` file (fp32; OpenVINO reads ONNX directly).
+        threads: inference threads (0 = OpenVINO's default: the physical cores).
+        precision: ``fp32``, or ``bf16`` (OpenVINO's ``INFERENCE_PRECISION_HINT``: weights and
+            activations in bfloat16 inside the graph, inputs and outputs stay float32). A CPU
+            without bf16 arithmetic would silently run fp32: that is refused instead.
+
+    Raises:
+        CirlError: missing or unreadable file, a model off the contract, or bf16 asked for on a
+            CPU without it.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int = 0, precision: str = "fp32") -> None:
+        import openvino as ov
+
+        path = Path(path)
+        if not path.is_file():
+            raise CirlError(f"model {path} not found; pass a .onnx file written by `cirl export`")
+        if precision not in ("fp32", "bf16"):
+            raise CirlError(f"OpenVINO precision must be fp32 or bf16, got {precision!r}")
+        self.name = "openvino" if precision == "fp32" else "openvino-bf16"
+        meta = read_metadata(path)
+        if "quantization" in meta:
+            raise CirlError(
+                f"{path} is a quantized model; run it with --engine onnx-int8 (or onnx), and "
+                "OpenVINO on the fp32 model it came from"
+            )
+        core = ov.Core()
+        if precision == "bf16" and "BF16" not in core.get_property(
+            "CPU", "OPTIMIZATION_CAPABILITIES"
+        ):
+            raise CirlError(
+                "--engine openvino-bf16: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX); "
+                "use --engine openvino (fp32) or auto"
+            )
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+            # subnormals as zero, as for onnxruntime (cirl.inference.subnormals_as_zero)
+            "CPU_DENORMALS_OPTIMIZATION": True,
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            model = core.read_model(str(path))
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError with long messages
+            raise CirlError(
+                f"{path}: OpenVINO cannot compile this model ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}); use --engine onnx"
+            ) from None
+        inputs, outputs = model.inputs, model.outputs
+        if len(inputs) != 1 or len(outputs) != 1 or inputs[0].get_partial_shape().rank != 4:
+            raise CirlError(
+                f"{path}: this ONNX model does not match the crack-model contract (one input "
+                "(N, 3, H, W) and one output (N, 1, H, W))"
+            )
+        self.request = self.compiled.create_infer_request()
+        self.metadata = meta
+        self.stride = int(meta.get("stride", 16))
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = {"f32": "fp32"}.get(hint.to_string(), hint.to_string())
+        self.description = _describe(path, meta)
+        self.description.update(
+            {"runtime": f"openvino {ov.__version__}", "inference_precision": self.precision}
+        )
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        result = self.request.infer([np.ascontiguousarray(batch, np.float32)])
+        return np.array(result[self.compiled.output(0)], np.float32, copy=True)
 
 
 class TorchEngine:
@@ -159,43 +287,142 @@ def load_engine(
     threads: int = 0,
     device: str = "auto",
     tracking_uri: str | None = None,
+    force: bool = False,
+    tile: int = 512,
+    batch: int = 4,
 ) -> Engine:
     """Open ``model`` (a file, or a ``models:/`` URI) with the named engine.
 
     Args:
         model: an ``.onnx`` file, a ``.pt`` checkpoint, or ``models:/NAME@ALIAS`` /
             ``models:/NAME/VERSION`` (ONNX).
-        engine: ``onnx`` or ``torch``.
+        engine: one of :data:`ENGINES`; ``auto`` picks the fastest engine on this machine that
+            passed the model's accuracy gate (:func:`cirl.gate.choose_engine`), ``torch`` for a
+            checkpoint, ``onnx`` on CUDA.
         threads: CPU threads of the engine (0 = its default).
         device: ``auto``, ``cpu`` or ``cuda``.
         tracking_uri: the registry of a ``models:/`` URI (default ``$MLFLOW_TRACKING_URI``,
             else ``sqlite:///mlflow.db``).
+        force: use a low-precision engine whose accuracy gate failed or never ran.
+        tile: tile side ``auto`` times the engines at.
+        batch: batch ``auto`` times the engines at.
+
+    Returns:
+        The engine; ``engine.description["choice"]`` says why ``auto`` chose it and
+        ``engine.description["gate"]`` the gate's verdict on a gated engine.
 
     Raises:
         CirlError: when the file does not suit the engine (an ``.onnx`` file for ``torch`` or a
-            checkpoint for ``onnx``), or a ``models:/`` URI cannot be resolved, with the fix.
+            checkpoint for ``onnx``), a low-precision engine has not passed the gate (unless
+            forced), or a ``models:/`` URI cannot be resolved, with the fix.
     """
+    if engine not in ENGINES:
+        raise CirlError(f"unknown engine {engine!r}; valid engines are: {', '.join(ENGINES)}")
     if is_registry_uri(model):
-        return _load_registered(str(model), engine, threads, device, tracking_uri)
-    path = Path(model)
-    opened: Engine
-    if engine == "onnx":
-        if path.suffix == ".pt":
+        from cirl.registry import fetch_model
+
+        if engine == "torch":
             raise CirlError(
-                f"{path} is a PyTorch checkpoint; export it with `cirl export --checkpoint {path} "
-                "--out model.onnx`, or predict with --engine torch"
+                f"{model}: registered models are ONNX models; predict with --engine auto or "
+                "onnx (the checkpoint is an artifact of the version's run, for --engine torch "
+                "download it)"
             )
-        opened = OnnxEngine(path, threads, device)
-    elif engine == "torch":
+        fetched = fetch_model(str(model), tracking_uri=tracking_uri)
+        opened = load_engine(fetched.path, engine, threads, device, None, force, tile, batch)
+        opened.description.update(
+            {
+                "model_uri": str(model),
+                "registered_model": fetched.name,
+                "registered_version": fetched.version,
+                "run_id": fetched.run_id,
+            }
+        )
+        return opened
+    path = Path(model)
+    choice = None
+    if engine == "auto":
+        choice = _auto(path, threads, device, tile, batch)
+        engine = choice["engine"]
+    opened: Engine
+    if engine == "torch":
         if path.suffix == ".onnx":
             raise CirlError(
                 f"{path} is an ONNX model; --engine torch needs the .pt checkpoint it came from"
             )
         opened = TorchEngine(path, threads, device)
     else:
-        raise CirlError(f"unknown engine {engine!r}; valid engines are: onnx, torch")
+        if path.suffix == ".pt":
+            raise CirlError(
+                f"{path} is a PyTorch checkpoint; export it with `cirl export --checkpoint {path} "
+                "--out model.onnx`, or predict with --engine torch"
+            )
+        if engine == "onnx-int8" and not path.name.endswith(".int8.onnx"):
+            quantized = int8_path(path)
+            if not quantized.is_file():
+                raise CirlError(
+                    f"--engine onnx-int8: {quantized} not found; write it with `cirl export "
+                    "--quantize static --data PREPARED`, or use --engine auto"
+                )
+            path = quantized
+        if engine in ("onnx", "onnx-int8"):
+            opened = OnnxEngine(path, threads, device)
+        else:
+            opened = OpenVinoEngine(path, threads, "bf16" if engine == "openvino-bf16" else "fp32")
+        _check_gate(opened, path, force)
     _check_contract(opened, path)
+    if choice is not None:
+        opened.description["choice"] = choice
     return opened
+
+
+def _auto(path: Path, threads: int, device: str, tile: int, batch: int) -> dict:
+    """``--engine auto``: which engine, and why."""
+    if path.suffix == ".pt":
+        return {"engine": "torch", "why": "the model is a PyTorch checkpoint"}
+    if device == "cuda" or (device == "auto" and _cuda_provider()):
+        return {"engine": "onnx", "why": "onnxruntime's CUDA provider on the GPU"}
+    if not path.is_file():
+        raise CirlError(f"model {path} not found; pass a .onnx file written by `cirl export`")
+    from cirl.gate import choose_engine
+
+    return choose_engine(path, tile, batch, threads)
+
+
+def _cuda_provider() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _check_gate(opened, path: Path, force: bool) -> None:
+    """Refuse a low-precision engine the model's accuracy gate did not pass, unless forced."""
+    from cirl.gate import gate_status
+
+    if opened.name not in GATED:
+        return
+    status = gate_status(opened.metadata, opened.name)
+    opened.description["gate"] = status
+    if status["passed"]:
+        return
+    if status["passed"] is None and opened.name not in LOW_PRECISION:
+        log.warning("%s with %s: %s", path, opened.name, status["reason"])
+        return
+    verdict = "failed" if status["passed"] is False else "has not passed"
+    if force:
+        log.warning(
+            "%s: %s %s the accuracy gate (%s); used anyway (--force)",
+            path,
+            opened.name,
+            verdict,
+            status["reason"],
+        )
+        opened.description["gate"]["forced"] = True
+        return
+    raise CirlError(
+        f"{path}: engine {opened.name} {verdict} the accuracy gate ({status['reason']}); use "
+        "--engine onnx or auto, re-export with --data to gate it, or pass --force to use it "
+        "anyway"
+    )
 
 
 def _check_contract(engine: Engine, path: Path) -> None:
@@ -215,28 +442,3 @@ def _check_contract(engine: Engine, path: Path) -> None:
             f"{path}: the model returns shape {tuple(out.shape)} for a (2, 3, {side}, {side}) "
             "batch, not probabilities of shape (2, 1, H, W); export it with `cirl export`"
         )
-
-
-def _load_registered(
-    uri: str, engine: str, threads: int, device: str, tracking_uri: str | None
-) -> Engine:
-    """A ``models:/`` URI: fetch the version's ONNX file (cached) and open it."""
-    from cirl.registry import fetch_model
-
-    if engine != "onnx":
-        raise CirlError(
-            f"{uri}: registered models are ONNX models; predict with --engine onnx (the "
-            "checkpoint is an artifact of the version's run, for --engine torch download it)"
-        )
-    fetched = fetch_model(uri, tracking_uri=tracking_uri)
-    opened = OnnxEngine(fetched.path, threads, device)
-    opened.description.update(
-        {
-            "model_uri": uri,
-            "registered_model": fetched.name,
-            "registered_version": fetched.version,
-            "run_id": fetched.run_id,
-        }
-    )
-    _check_contract(opened, fetched.path)
-    return opened

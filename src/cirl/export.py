@@ -15,9 +15,17 @@ Metadata (``metadata_props``): cirl version, opset, stride, input/output contrac
 config, the training config, the checkpoint's SHA-256 and provenance (data folder and manifest
 SHA-256, init checkpoint), and the measured parity.
 
-With ``quantize: int8`` a dynamically quantized copy (``NAME.int8.onnx``, weights uint8) is
-written too; given a prepared dataset, both models are scored on its split and the F1 change is
-recorded in the export report.
+Faster engines (``cirl.gate``): with a prepared folder (``--data``, or the folder recorded in
+the checkpoint when it is still there) the **accuracy gate** scores onnxruntime fp32 (the
+reference), OpenVINO fp32 and bf16 (where the CPU has it) and the int8 copy on ``split`` (the
+validation split) and writes the verdicts into the model's metadata (``accuracy_gate``);
+``cirl predict`` uses only engines that passed (``--engine auto`` picks the fastest of them).
+
+``quantize: static`` writes ``NAME.int8.onnx``: onnxruntime's static quantization in QDQ
+format, int8 weights per output channel and uint8 activations, their ranges calibrated on
+``calibration_tiles`` real training tiles of the prepared folder (not random data), the graph
+first optimised by ``quant_pre_process``. ``quantize: dynamic`` is the older dynamic
+quantization (activations quantized at run time; measured slower than fp32 on CPUs here).
 """
 
 from __future__ import annotations
@@ -35,7 +43,9 @@ from torch import nn
 
 from cirl import __version__
 from cirl.config import to_dict
+from cirl.engine import int8_path
 from cirl.errors import CirlError
+from cirl.gate import GATE_KEY
 from cirl.staging import staged_file
 
 
@@ -50,8 +60,13 @@ class ExportConfig:
         check_width: width of the parity inputs.
         check_batch: batch of the parity inputs (not 1, to exercise the dynamic batch).
         tolerance: largest allowed |onnxruntime - PyTorch| on probabilities.
-        quantize: ``none`` or ``int8`` (an extra dynamically quantized model).
-        split: split of ``--data`` on which the int8 model's accuracy change is measured.
+        quantize: ``none``, ``static`` (an int8 copy calibrated on training tiles) or
+            ``dynamic`` (an int8 copy quantized at run time).
+        split: split of the prepared folder the accuracy gate scores (``val``: the test split
+            stays for the model's report).
+        gate: run the accuracy gate when a prepared folder is known.
+        gate_tolerance: largest allowed |engine - fp32| of F1, ODS and AP for an engine to pass.
+        calibration_tiles: training tiles that calibrate the static int8 copy.
     """
 
     opset: int = 18
@@ -60,8 +75,11 @@ class ExportConfig:
     check_width: int = 448
     check_batch: int = 2
     tolerance: float = 1e-4
-    quantize: Literal["none", "int8"] = "none"
-    split: Literal["train", "val", "test"] = "test"
+    quantize: Literal["none", "static", "dynamic"] = "none"
+    split: Literal["train", "val", "test"] = "val"
+    gate: bool = True
+    gate_tolerance: float = 0.005
+    calibration_tiles: int = 32
 
     def __post_init__(self) -> None:
         if not 17 <= self.opset <= 23:
@@ -71,6 +89,19 @@ class ExportConfig:
                 raise ValueError(f"key {key!r} must be >= 1, got {getattr(self, key)}")
         if self.tolerance <= 0:
             raise ValueError(f"key 'tolerance' must be > 0, got {self.tolerance}")
+        if self.quantize not in ("none", "static", "dynamic"):
+            raise ValueError(
+                f"key 'quantize' must be none, static or dynamic, got {self.quantize!r}"
+                + (
+                    " (int8 is now 'dynamic'; 'static' is faster)"
+                    if self.quantize == "int8"
+                    else ""
+                )
+            )
+        if not 0 < self.gate_tolerance < 1:
+            raise ValueError(f"key 'gate_tolerance' must be in (0, 1), got {self.gate_tolerance}")
+        if self.calibration_tiles < 1:
+            raise ValueError(f"key 'calibration_tiles' must be >= 1, got {self.calibration_tiles}")
         if self.split not in ("train", "val", "test"):
             raise ValueError(f"key 'split' must be train, val or test, got {self.split!r}")
 
@@ -157,36 +188,6 @@ def parity(onnx_path: Path, wrapper, cfg: ExportConfig, stride: int) -> float:
     return float(np.abs(got - want).max())
 
 
-def _score(engine, data: Path, split: str) -> dict:
-    """Per-image mean F1 at 0.5 (paper protocol) of an engine on a split, and seconds taken."""
-    from cirl.data.tiles import TileDataset
-    from cirl.metrics import SegmentationMetrics
-
-    metrics = SegmentationMetrics()
-    dataset = TileDataset(data, split)
-    seconds = 0.0
-    for item in dataset:
-        image = item["image"][None].numpy()
-        h, w = image.shape[-2:]
-        ph, pw = (-h) % engine.stride, (-w) % engine.stride
-        if ph or pw:
-            image = np.pad(image, ((0, 0), (0, 0), (0, ph), (0, pw)))
-        t0 = time.perf_counter()
-        prob = engine(image)[0, 0, :h, :w]
-        seconds += time.perf_counter() - t0
-        metrics.add(
-            item["tile_id"], np.clip(prob, 0, 1), item["mask"][0].numpy(), item["valid"][0].numpy()
-        )
-    summary = metrics.summary()
-    return {
-        "f1": summary["f1"],
-        "ods": summary["ods"]["f1"],
-        "ap": summary["ap"],
-        "images": summary["images"],
-        "seconds": seconds,
-    }
-
-
 def run(
     cfg: ExportConfig,
     checkpoint: str | os.PathLike,
@@ -199,8 +200,8 @@ def run(
         cfg: the stage's parameters.
         checkpoint: a ``cirl train`` checkpoint.
         out: the ONNX file to write (a report ``OUT.json`` is written beside it).
-        data: optional prepared folder: with ``quantize: int8`` both models are scored on its
-            ``cfg.split`` and the accuracy change is reported.
+        data: a prepared folder for the accuracy gate and the static calibration; default:
+            the folder recorded in the checkpoint, when it is still there and unchanged.
 
     Returns:
         The path, the parity and the report.
@@ -233,7 +234,8 @@ def run(
         "params": to_dict(cfg),
         "cirl_version": __version__,
     }
-    with staged_file(out) as tmp:
+    data = _gate_data(data, payload.get("provenance") or {}, cfg, report)
+    with staged_file(out, keep_suffix=True) as tmp:
         t0 = time.perf_counter()
         _export_graph(wrapper, cfg, stride, tmp)
         report["export_seconds"] = time.perf_counter() - t0
@@ -286,43 +288,196 @@ def run(
         onnx.save(proto, str(tmp))
         report["opset"] = cfg.opset
         report["stride"] = stride
-    if cfg.quantize == "int8":
-        report["int8"] = _quantize(out, cfg, data)
+        if cfg.quantize != "none":
+            with staged_file(int8_path(out), keep_suffix=True) as tmp8:
+                report["int8"] = _quantize(tmp, tmp8, cfg, data)
+                report["int8"]["model"] = str(int8_path(out))
+                gate = _gate(tmp, cfg, data, tmp8, report)
+                if gate is not None:
+                    own = {**gate, "engines": {"onnx-int8": gate["engines"]["onnx-int8"]}}
+                    _set_metadata(tmp8, {GATE_KEY: json.dumps(own, sort_keys=True)})
+                    gate["engines"]["onnx-int8"]["file_sha256"] = file_sha256(tmp8)
+                    _set_metadata(tmp, {GATE_KEY: json.dumps(gate, sort_keys=True)})
+        else:
+            gate = _gate(tmp, cfg, data, None, report)
+            if gate is not None:
+                _set_metadata(tmp, {GATE_KEY: json.dumps(gate, sort_keys=True)})
     with staged_file(out.with_name(out.name + ".json")) as tmp_report:
         tmp_report.write_text(json.dumps(report, indent=2) + "\n")
     return ExportResult(out, diff, report)
 
 
-def _quantize(out: Path, cfg: ExportConfig, data: str | os.PathLike | None) -> dict:
-    """Write ``NAME.int8.onnx`` (dynamic quantization) and measure what it changes."""
+def _gate_data(
+    data: str | os.PathLike | None, provenance: dict, cfg: ExportConfig, report: dict
+) -> Path | None:
+    """The prepared folder of the gate and the calibration: ``--data``, else the checkpoint's."""
+    from cirl.checkpoint import file_sha256
+
+    recorded = provenance.get("data")
+    if data is not None:
+        data = Path(data)
+        if not (data / "manifest.csv").is_file():
+            raise CirlError(
+                f"--data {data}: no manifest.csv; pass a folder written by `cirl prepare`"
+            )
+        if recorded and provenance.get("manifest_sha256") not in (
+            None,
+            file_sha256(data / "manifest.csv"),
+        ):
+            report["gate_data_note"] = (
+                f"--data {data} is not the dataset the model was trained on ({recorded}); the "
+                "gate scores it anyway"
+            )
+        return data
+    if not (cfg.gate or cfg.quantize == "static") or not recorded:
+        return None
+    folder = Path(recorded)
+    manifest = folder / "manifest.csv"
+    if manifest.is_file() and file_sha256(manifest) == provenance.get("manifest_sha256"):
+        report["gate_data"] = f"the training data recorded in the checkpoint: {folder}"
+        return folder
+    report["gate_data"] = (
+        f"the training data recorded in the checkpoint ({folder}) is not here or has changed; "
+        "pass --data PREPARED to run the accuracy gate"
+    )
+    return None
+
+
+def _set_metadata(path: Path, values: dict[str, str]) -> None:
+    """Add or replace ``metadata_props`` entries of an ONNX file in place."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *values.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+def _gate(model: Path, cfg: ExportConfig, data: Path | None, int8: Path | None, report: dict):
+    """Run the accuracy gate if asked and possible; record it in the report."""
+    from cirl.gate import run_gate
+
+    if not cfg.gate:
+        report["accuracy_gate"] = {"skipped": "gate: false"}
+        return None
+    if data is None:
+        report["accuracy_gate"] = {
+            "skipped": "no prepared folder: pass --data PREPARED (the folder the model was "
+            "trained on) so faster engines can be used by `cirl predict`"
+        }
+        return None
+    t0 = time.perf_counter()
+    gate = run_gate(model, data, cfg.split, cfg.gate_tolerance, int8)
+    gate["seconds"] = time.perf_counter() - t0
+    report["accuracy_gate"] = gate
+    return gate
+
+
+def _calibration_reader(data: Path, count: int, stride: int):
+    """Feeds ``count`` training tiles, evenly spaced over the sorted split, to the calibrator.
+
+    Tiles larger than 1024 px a side are centre-cropped to 1024 (ranges, not layout, matter).
+    """
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from cirl.data.tiles import TileDataset
+
+    dataset = TileDataset(data, "train")
+    if len(dataset) == 0:
+        raise CirlError(
+            f"{data}: no training tiles to calibrate the static int8 model on; pass the "
+            "prepared folder the model was trained on as --data"
+        )
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round())
+
+    class Tiles(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(picks.astype(int).tolist())
+
+        def get_next(self):
+            index = next(self.items, None)
+            if index is None:
+                return None
+            image = dataset[index]["image"].numpy()
+            h, w = (min(side, 1024) // stride * stride for side in image.shape[-2:])
+            top, left = (image.shape[-2] - h) // 2, (image.shape[-1] - w) // 2
+            return {"image": np.ascontiguousarray(image[None, :, top : top + h, left : left + w])}
+
+    return Tiles(), len(picks)
+
+
+def _quantize(fp32: Path, target: Path, cfg: ExportConfig, data: Path | None) -> dict:
+    """Write the int8 copy of ``fp32`` to ``target`` (static or dynamic) and describe it."""
+    import logging
+    import warnings
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from cirl.engine import OnnxEngine
+    from cirl.engine import read_metadata
 
-    target = out.with_name(out.stem + ".int8.onnx")
-    with staged_file(target) as tmp:
+    stride = int(read_metadata(fp32)["stride"])
+    t0 = time.perf_counter()
+    if cfg.quantize == "static":
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        if data is None:
+            raise CirlError(
+                "--quantize static calibrates on training tiles: pass --data PREPARED (the "
+                "folder the model was trained on), or use --quantize dynamic"
+            )
+        reader, tiles = _calibration_reader(data, cfg.calibration_tiles, stride)
+        pre = target.with_name(target.name + ".pre.onnx")
+        level = logging.getLogger().level
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                logging.getLogger().setLevel(logging.ERROR)  # quantizer's per-bias chatter
+                # symbolic shape inference cannot follow the dynamic height and width; ONNX's
+                # own shape inference and the graph optimisation still run
+                quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+                quantize_static(
+                    str(pre),
+                    str(target),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                )
+        finally:
+            logging.getLogger().setLevel(level)
+            pre.unlink(missing_ok=True)
+        method = {
+            "method": "static",
+            "tool": "onnxruntime.quantization.quantize_static, QDQ",
+            "weights": "int8, per output channel",
+            "activations": "uint8, ranges by MinMax calibration",
+            "calibration": {"data": str(data), "split": "train", "tiles": tiles},
+        }
+    else:
         quantize_dynamic(
-            str(out),
-            str(tmp),
+            str(fp32),
+            str(target),
             weight_type=QuantType.QUInt8,
             op_types_to_quantize=["Conv", "ConvTranspose", "MatMul"],
         )
-    info: dict = {
-        "model": str(target),
-        "method": "onnxruntime quantize_dynamic, uint8 weights and activations (Conv, "
-        "ConvTranspose, MatMul)",
-        "bytes": target.stat().st_size,
-        "fp32_bytes": out.stat().st_size,
-    }
-    if data is not None:
-        fp32 = _score(OnnxEngine(out, device="cpu"), Path(data), cfg.split)
-        int8 = _score(OnnxEngine(target, device="cpu"), Path(data), cfg.split)
-        info["accuracy"] = {
-            "split": cfg.split,
-            "protocol": "per-image mean F1 at 0.5 (JTFN), ODS and AP, whole tiles",
-            "fp32": fp32,
-            "int8": int8,
-            "f1_change": int8["f1"] - fp32["f1"],
-            "speed_ratio_int8_over_fp32": fp32["seconds"] / int8["seconds"],
+        method = {
+            "method": "dynamic",
+            "tool": "onnxruntime.quantization.quantize_dynamic",
+            "weights": "uint8",
+            "activations": "uint8, quantized at run time",
         }
-    return info
+    fp32_meta = read_metadata(fp32)
+    carried = {k: v for k, v in fp32_meta.items() if k != GATE_KEY}
+    _set_metadata(target, {**carried, "quantization": json.dumps(method, sort_keys=True)})
+    return {
+        **method,
+        "seconds": time.perf_counter() - t0,
+        "bytes": target.stat().st_size,
+        "fp32_bytes": fp32.stat().st_size,
+    }

@@ -19,9 +19,18 @@ Per photo ``NAME`` (its file stem) in the output folder:
                        with ``mm_per_pixel``)
 =====================  ===============================================================
 
-Also ``predictions.json``: every input with its status. A photo that cannot be read is
-reported and skipped; the others are still processed; the command exits non-zero if any failed.
-Every file is written to a temporary name and renamed into place when complete.
+Over all photos: ``summary.csv`` (one row per photo: status, cracks, total length, widest
+crack, crack fraction, seconds, engine; rewritten after every photo) and ``predictions.json``
+(every input with its status, the engine and why it was chosen). A photo that cannot be read
+is reported and skipped; the others are still processed; the command exits non-zero if any
+failed. Every file is written to a temporary name and renamed into place when complete, and
+``NAME.json`` last: a photo whose report exists (made from the same photo, by the same model,
+with the same parameters) is skipped when the command runs again, so an interrupted batch
+resumes where it stopped.
+
+The input is a photo, a folder of photos, or an ``s3://bucket/prefix`` of photos (fetched one
+at a time, the next while the current one is processed; endpoint and credentials from the
+standard ``AWS_*`` environment, as for ``cirl prepare``).
 """
 
 from __future__ import annotations
@@ -51,7 +60,10 @@ class PredictConfig:
     """Parameters of prediction (``params.yaml`` group ``predict``).
 
     Attributes:
-        engine: ``onnx`` (an exported ``.onnx``) or ``torch`` (a ``.pt`` checkpoint).
+        engine: ``auto`` (the fastest engine on this machine that passed the model's
+            accuracy gate recorded in its metadata), ``onnx`` (onnxruntime fp32, the
+            reference), ``onnx-int8`` (the static int8 copy beside the model), ``openvino``,
+            ``openvino-bf16`` or ``torch`` (a ``.pt`` checkpoint).
         tile: sliding-window tile side, a multiple of the model's stride.
         overlap: pixels shared by neighbouring tiles (blended), < tile.
         batch: tiles per forward pass.
@@ -63,9 +75,12 @@ class PredictConfig:
         max_crack_width: connected regions wider than this (pixels) are not cracks (stains,
             shadows, or a model that does not fit the photos): reported, not measured.
         overlay_alpha: opacity of the red crack colour in the overlay.
+        force: use a low-precision engine (int8, bf16) whose accuracy gate failed or never ran.
+        resume: skip photos whose outputs are already in the output folder, made from the same
+            photo with the same model and parameters.
     """
 
-    engine: str = "onnx"
+    engine: str = "auto"
     tile: int = 512
     overlap: int = 64
     batch: int = 4
@@ -76,10 +91,16 @@ class PredictConfig:
     min_crack_pixels: int = 20
     max_crack_width: float = 200.0
     overlay_alpha: float = 0.6
+    force: bool = False
+    resume: bool = True
 
     def __post_init__(self) -> None:
-        if self.engine not in ("onnx", "torch"):
-            raise ValueError(f"key 'engine' must be onnx or torch, got {self.engine!r}")
+        from cirl.engine import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ValueError(
+                f"key 'engine' must be one of {', '.join(ENGINES)}, got {self.engine!r}"
+            )
         if self.tile < 32:
             raise ValueError(f"key 'tile' must be >= 32, got {self.tile}")
         if not 0 <= self.overlap < self.tile // 2:
@@ -112,6 +133,8 @@ class PredictResult:
     out: Path
     done: list[str] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """Photos whose outputs an earlier run had already made (``resume``)."""
 
 
 def window_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -271,8 +294,10 @@ def _names(files: list[Path]) -> dict[Path, str]:
     }
 
 
-def predict_one(path: Path, name: str, engine, cfg: PredictConfig, out: Path) -> dict:
-    """Process one photo and write its five outputs; returns its report."""
+def predict_one(
+    path: Path, name: str, engine, cfg: PredictConfig, out: Path, photo: _Photo | None = None
+) -> dict:
+    """Process one photo and write its five outputs (the report last); returns its report."""
     from cirl.measure import measure_cracks, summarize, write_cracks_csv
 
     t0 = time.perf_counter()
@@ -314,7 +339,8 @@ def predict_one(path: Path, name: str, engine, cfg: PredictConfig, out: Path) ->
         write_cracks_csv(tmp, cracks, mm)
     t_write = time.perf_counter() - t0
     report = {
-        "image": str(path),
+        "image": photo.source if photo is not None else str(path),
+        "input_fingerprint": photo.fingerprint if photo is not None else _local_fingerprint(path),
         "name": name,
         "width": w,
         "height": h,
@@ -354,6 +380,154 @@ def predict_one(path: Path, name: str, engine, cfg: PredictConfig, out: Path) ->
     return report
 
 
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "image",
+    "name",
+    "status",
+    "cracks",
+    "total_length_px",
+    "max_width_px",
+    "longest_length_px",
+    "total_length_mm",
+    "max_width_mm",
+    "crack_fraction",
+    "width",
+    "height",
+    "seconds",
+    "engine",
+    "reason",
+)
+"""Columns of ``summary.csv``: one row per input photo."""
+
+# the parameters that change a photo's outputs: a report made with other values is redone
+_OUTPUT_PARAMS = (
+    "tile",
+    "overlap",
+    "threshold",
+    "mm_per_pixel",
+    "min_crack_pixels",
+    "max_crack_width",
+    "overlay_alpha",
+)
+
+
+@dataclass(frozen=True)
+class _Photo:
+    """One input: where it is, its output name and what identifies its content."""
+
+    source: str
+    name: str
+    fingerprint: str
+    local: Path | None = None
+    remote: object = None
+
+
+def _local_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return f"size={stat.st_size};mtime_ns={stat.st_mtime_ns}"
+
+
+def _inputs(inputs: str | os.PathLike) -> tuple[list[_Photo], object]:
+    """The photos of ``inputs`` (file, folder or ``s3://`` prefix) and the remote listing."""
+    from cirl.data.remote import is_s3_uri, list_objects
+
+    if is_s3_uri(str(inputs)):
+        listing = list_objects(str(inputs), IMAGE_SUFFIXES)
+        names = _names([Path(o.key) for o in listing.objects])
+        photos = [
+            _Photo(listing.uri_of(o), names[Path(o.key)], f"etag={o.etag}", remote=o)
+            for o in listing.objects
+        ]
+        return photos, listing
+    files = list_inputs(Path(inputs))
+    names = _names(files)
+    return [_Photo(str(f), names[f], _local_fingerprint(f), local=f) for f in files], None
+
+
+def _finished(out: Path, photo: _Photo, engine, cfg: PredictConfig) -> dict | None:
+    """The report of an earlier run that already made this photo's outputs, if any."""
+    try:
+        report = json.loads((out / f"{photo.name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = (
+        report.get("image") == photo.source
+        and report.get("input_fingerprint") == photo.fingerprint
+        and report.get("model", {}).get("checkpoint_sha256")
+        == engine.description.get("checkpoint_sha256")
+        and all(report.get("params", {}).get(k) == getattr(cfg, k) for k in _OUTPUT_PARAMS)
+        and all((out / f).is_file() for f in report.get("outputs", []))
+    )
+    return report if same else None
+
+
+def _summary_row(photo: _Photo, status: str, report: dict | None, reason: str = "") -> dict:
+    row = {"image": photo.source, "name": photo.name, "status": status, "reason": reason}
+    if report is not None:
+        cracks = report["cracks"]
+        row.update(
+            {
+                "cracks": cracks["count"],
+                "total_length_px": cracks["total_length_px"],
+                "max_width_px": cracks["max_width_px"],
+                "longest_length_px": cracks["longest_length_px"],
+                "total_length_mm": cracks.get("total_length_mm", ""),
+                "max_width_mm": cracks.get("max_width_mm", ""),
+                "crack_fraction": round(report["crack_fraction"], 6),
+                "width": report["width"],
+                "height": report["height"],
+                "seconds": round(sum(report["seconds"].get(k, 0.0) for k in _TIMED), 3),
+                "engine": report["engine"],
+            }
+        )
+    return row
+
+
+_TIMED = ("read", "predict", "measure", "write")
+
+
+def _write_summary(out: Path, rows: list[dict]) -> None:
+    import csv
+
+    with staged_file(out / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _prefetched(photos: list[_Photo], listing, folder: Path, skip: set[str]):
+    """Yield ``(photo, local path or CirlError)``; remote photos are downloaded one ahead."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if listing is None:
+        for photo in photos:
+            yield photo, photo.local
+        return
+
+    def fetch(photo: _Photo) -> Path | CirlError:
+        path = folder / f"{photo.name}{Path(photo.remote.key).suffix.lower()}"
+        try:
+            listing.download(photo.remote, path)
+        except CirlError as exc:
+            return exc
+        return path
+
+    with ThreadPoolExecutor(1) as pool:
+        todo = [p for p in photos if p.name not in skip]
+        ahead = pool.submit(fetch, todo[0]) if todo else None
+        index = 0
+        for photo in photos:
+            if photo.name in skip:
+                yield photo, None
+                continue
+            current = ahead.result()
+            index += 1
+            ahead = pool.submit(fetch, todo[index]) if index < len(todo) else None
+            yield photo, current
+            if isinstance(current, Path):
+                current.unlink(missing_ok=True)
+
+
 def run(
     cfg: PredictConfig,
     inputs: str | os.PathLike,
@@ -381,10 +555,27 @@ def run(
         CirlError: when the model cannot be used or there is no input at all; a photo that
             cannot be read is not an error here, it is listed in ``failed``.
     """
+    import tempfile
+
     from cirl.engine import load_engine
 
-    files = list_inputs(Path(inputs))
-    engine = load_engine(model, cfg.engine, cfg.threads, cfg.device, tracking_uri)
+    photos, listing = _inputs(inputs)
+    engine = load_engine(
+        model,
+        cfg.engine,
+        cfg.threads,
+        cfg.device,
+        tracking_uri,
+        force=cfg.force,
+        tile=cfg.tile,
+        batch=cfg.batch,
+    )
+    choice = engine.description.get("choice")
+    log.info(
+        "engine: %s%s",
+        engine.name,
+        f" ({choice['why']}{', cached' if choice.get('cached') else ''})" if choice else "",
+    )
     if cfg.tile % engine.stride:
         raise CirlError(
             f"tile {cfg.tile} is not a multiple of the model's stride {engine.stride}; "
@@ -393,24 +584,48 @@ def run(
     out = Path(out)
     writable_dir(out)
     result = PredictResult(out)
-    names = _names(files)
-    iterator = files
+    rows: list[dict] = []
+    done_before: dict[str, dict] = {}
+    if cfg.resume:
+        for photo in photos:
+            report = _finished(out, photo, engine, cfg)
+            if report is not None:
+                done_before[photo.name] = report
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(files, desc="predict", unit="photo")
-    for path in iterator:
-        try:
-            predict_one(path, names[path], engine, cfg, out)
-            result.done.append(str(path))
-        except CirlError as exc:
-            log.warning("skipped %s", exc)
-            result.failed.append({"image": str(path), "reason": str(exc)})
+        bar = tqdm(total=len(photos), desc="predict", unit="photo", initial=len(done_before))
+    with tempfile.TemporaryDirectory(prefix="cirl-predict-") as folder:
+        for photo, local in _prefetched(photos, listing, Path(folder), set(done_before)):
+            if photo.name in done_before:
+                result.skipped.append(photo.source)
+                rows.append(_summary_row(photo, "skipped", done_before[photo.name]))
+                continue
+            try:
+                if isinstance(local, CirlError):
+                    raise local
+                report = predict_one(local, photo.name, engine, cfg, out, photo)
+                result.done.append(photo.source)
+                rows.append(_summary_row(photo, "done", report))
+            except CirlError as exc:
+                log.warning("skipped %s", exc)
+                result.failed.append({"image": photo.source, "reason": str(exc)})
+                rows.append(_summary_row(photo, "failed", None, str(exc)))
+            _write_summary(out, rows)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(engine=engine.name, failed=len(result.failed), refresh=False)
+    if bar is not None:
+        bar.close()
+    _write_summary(out, rows)
     summary = {
         "model": engine.description,
         "engine": engine.name,
+        "engine_choice": choice,
         "params": to_dict(cfg),
         "done": result.done,
+        "skipped": result.skipped,
         "failed": result.failed,
     }
     _write_bytes(out / "predictions.json", (json.dumps(summary, indent=2) + "\n").encode())

@@ -127,11 +127,13 @@ def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def staged_file(final: str | os.PathLike) -> Iterator[Path]:
+def staged_file(final: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary file path that atomically replaces ``final`` when the block completes.
 
     Args:
         final: the file the finished output should end up at.
+        keep_suffix: end the temporary name with ``final``'s suffix too (for readers that
+            tell formats by it, such as OpenVINO).
 
     Yields:
         The temporary path to write to (it does not exist yet).
@@ -139,7 +141,11 @@ def staged_file(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     parent = _writable_parent(final)
     clean_stale(parent, final.name)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=parent)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{final.name}.partial-{os.getpid()}-",
+        suffix=final.suffix if keep_suffix else "",
+        dir=parent,
+    )
     os.close(fd)
     tmp = Path(name)
     try:

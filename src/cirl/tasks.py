@@ -363,9 +363,11 @@ def export(
     tracking: TrackingParams = None,
     parent_run_id: str = "",
 ) -> dict:
-    """Export the model's ``best.pt`` to ``onnx``/``model.onnx`` (no std head), parity-checked.
+    """Export the model's ``best.pt`` to ``onnx``/``model.onnx`` (no std head), parity-checked,
+    with the accuracy gate of the faster engines run on the dataset's validation split.
 
-    The artifact is a folder: the model and its ``model.onnx.json`` report side by side.
+    The artifact is a folder: the model and its ``model.onnx.json`` report side by side (and
+    ``model.int8.onnx`` with ``quantize``).
     """
     from cirl import export as stage
     from cirl.inference import subnormals_as_zero
@@ -377,9 +379,15 @@ def export(
             cfg,
             Path(model.path) / "best.pt",
             out,
-            data=dataset.path if dataset is not None and cfg.quantize != "none" else None,
+            data=dataset.path
+            if dataset is not None and (cfg.gate or cfg.quantize != "none")
+            else None,
         )
     summary = {"opset": cfg.opset, "parity_max_abs_diff": result.parity_max_abs_diff}
+    gate = result.report.get("accuracy_gate", {})
+    for name, entry in gate.get("engines", {}).items():
+        if entry.get("passed") is not None:
+            summary[f"gate_{name}"] = "passed" if entry["passed"] else "failed"
     onnx.metadata.update(summary)
     return summary
 

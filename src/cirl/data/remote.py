@@ -246,3 +246,61 @@ def fetched(uri: str) -> Iterator[FetchedDataset]:
         except (bx.BotoCoreError, bx.ClientError) as exc:
             raise _error(uri, bucket, exc) from None
         yield FetchedDataset(uri, _endpoint() or "", root, tuple(o for o, _ in jobs))
+
+
+@dataclass(frozen=True)
+class RemoteListing:
+    """The objects under an ``s3://`` prefix, and a client to fetch them one at a time."""
+
+    uri: str
+    bucket: str
+    prefix: str
+    objects: tuple[RemoteObject, ...]
+    client: object
+
+    def uri_of(self, obj: RemoteObject) -> str:
+        return f"{SCHEME}{self.bucket}/{obj.key}"
+
+    def download(self, obj: RemoteObject, path: Path) -> None:
+        """Fetch one object to ``path`` (ETag-pinned, MD5-checked where the ETag is one).
+
+        Raises:
+            CirlError: naming the object and the fix.
+        """
+        import botocore.exceptions as bx
+
+        try:
+            _download(self.client, self.bucket, obj, path, self.uri_of(obj))
+        except (bx.BotoCoreError, bx.ClientError) as exc:
+            raise _error(self.uri_of(obj), self.bucket, exc) from None
+
+
+def list_objects(uri: str, suffixes: tuple[str, ...] = ()) -> RemoteListing:
+    """List the objects under ``s3://bucket/prefix`` (those ending in ``suffixes``, any case).
+
+    For work that streams objects one by one (``cirl predict`` over thousands of photos)
+    rather than downloading a whole dataset with :func:`fetched`.
+
+    Raises:
+        CirlError: as :func:`fetched`, including when no object matches.
+    """
+    import botocore.exceptions as bx
+
+    bucket, prefix = parse_s3_uri(uri)
+    client = s3_client()
+    try:
+        objects = _list(client, bucket, prefix)
+    except (bx.BotoCoreError, bx.ClientError) as exc:
+        raise _error(uri, bucket, exc) from None
+    objects = [
+        o
+        for o in objects
+        if not o.key.endswith("/") and (not suffixes or o.key.lower().endswith(suffixes))
+    ]
+    if not objects:
+        wanted = f" ending in {', '.join(suffixes)}" if suffixes else ""
+        raise CirlError(
+            f"{uri}: no objects{wanted} under prefix {prefix or '(bucket root)'!r} in bucket "
+            f"{bucket!r}; check the prefix and that the photos were uploaded"
+        )
+    return RemoteListing(uri, bucket, prefix, tuple(objects), client)
