@@ -372,8 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     data = Path(args.data) if args.data else work / "prepared"
     if not (data / "manifest.csv").is_file():
-        _log(f"prepare {args.source} (official split, whole photos)")
         keys = {"tile": 0, "workers": 2, **json.loads(args.prepare_json)}
+        split = f"split {keys['split']}" if "split" in keys else "official split"
+        _log(f"prepare {args.source} ({split}, whole photos)")
         from cirl.config import from_mapping
 
         cfg = from_mapping(prepare.PrepareConfig, keys, "--prepare-json")
@@ -385,9 +386,11 @@ def main(argv: list[str] | None = None) -> int:
         per_seed[seed] = run_seed(args, data, seed, arms)
         (work / "ablation_partial.json").write_text(json.dumps(per_seed, indent=2) + "\n")
     wall = time.perf_counter() - t0
-    _log("step timing")
     sel = next((work / f"seed{seeds[0]}").glob("select_paper_rule*"), None)
-    timing = step_times(args, data, sel, args.timing_repeats) if sel else {}
+    timing = {}
+    if sel and args.timing_repeats > 0:  # --timing-repeats 0: accuracy only
+        _log("step timing")
+        timing = step_times(args, data, sel, args.timing_repeats)
 
     keys = ("f1", "precision", "recall", "ods", "ois", "ap", "iou")
     table = {}
