@@ -380,6 +380,20 @@ def predict_one(
     return report
 
 
+def _warm_measure() -> None:
+    """Import the measurement and compile its JIT paths on a tiny mask with a junction."""
+    try:
+        from cirl.measure import measure_cracks
+
+        mask = np.zeros((40, 40), bool)
+        mask[20, 5:35] = True
+        mask[5:35, 20] = True
+        mask[5:12, 5:12] = np.eye(7, dtype=bool)
+        measure_cracks(mask, min_pixels=1)
+    except Exception as exc:  # a warm-up only: the real call reports any problem
+        log.debug("measurement warm-up failed: %s", exc)
+
+
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "image",
     "name",
@@ -556,10 +570,14 @@ def run(
             cannot be read is not an error here, it is listed in ``failed``.
     """
     import tempfile
+    import threading
 
     from cirl.engine import load_engine
 
     photos, listing = _inputs(inputs)
+    # skan's import and numba's compilation cost about 3 s once per process: done in the
+    # background while the engine loads and the first photo is read and inferred
+    threading.Thread(target=_warm_measure, name="warm-measure", daemon=True).start()
     engine = load_engine(
         model,
         cfg.engine,
