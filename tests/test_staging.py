@@ -55,3 +55,17 @@ def test_uncreatable_parent_is_reported(tmp_path):
         staged_dir(tmp_path / "file" / "out"),
     ):
         pass
+
+
+def test_outputs_get_the_permissions_of_a_plain_create(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with staged_file(tmp_path / "model.onnx") as tmp:
+            tmp.write_bytes(b"x")
+        with staged_dir(tmp_path / "run") as tmp:
+            (tmp / "a").write_text("y")
+    finally:
+        os.umask(old)
+    # tempfile's temporaries are 0600/0700: a team sharing the volume could not read them
+    assert (tmp_path / "model.onnx").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755

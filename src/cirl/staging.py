@@ -4,6 +4,10 @@ An interrupted or failed run therefore never leaves a half-written output, and a
 complete output at the same path survives until the new one is ready. Temporaries carry the
 writing process's id (``.NAME.partial-PID-*``): a run that was killed leaves one behind, and the
 next run writing NAME removes it (see :func:`clean_stale`).
+
+The finished output gets the permissions a plain ``open()`` or ``mkdir()`` would have given it
+(0666 or 0777 less the umask), not the owner-only 0600/0700 of ``tempfile``'s temporaries, so
+models and predictions on a shared volume stay readable by the team.
 """
 
 from __future__ import annotations
@@ -16,6 +20,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cirl.errors import CirlError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(path: Path, mode: int) -> None:
+    """Give a finished temporary the permissions a plain create would have."""
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(path, mode & ~_umask())
 
 
 def _writable_parent(final: Path) -> Path:
@@ -116,6 +132,7 @@ def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _publish(tmp, 0o777)
     old = None
     if final.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-{os.getpid()}-", dir=parent))
@@ -153,4 +170,5 @@ def staged_file(final: str | os.PathLike, keep_suffix: bool = False) -> Iterator
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _publish(tmp, 0o666)
     os.replace(tmp, final)
