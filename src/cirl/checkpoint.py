@@ -6,7 +6,6 @@ config through the registry.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from cirl.errors import CirlError
+from cirl.hashing import file_sha256  # noqa: F401  (its home before cirl.hashing)
 from cirl.staging import staged_file
 
 
@@ -92,12 +92,3 @@ def build_from_checkpoint(payload: dict[str, Any], std_head: bool | None = None)
             f"unexpected {unexpected[:5]}"
         )
     return model
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, for provenance records."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -306,13 +306,11 @@ def _cmd_predict(args: argparse.Namespace, cfg) -> int:
             progress=not args.quiet,
             tracking_uri=args.tracking_uri,
         )
-    report = json.loads((result.out / "predictions.json").read_text())
-    choice = report.get("engine_choice") or {}
     _print_json(
         {
             "out": str(result.out),
-            "engine": report["engine"],
-            "engine_choice": choice.get("why"),
+            "engine": result.engine,
+            "engine_choice": (result.engine_choice or {}).get("why"),
             "done": len(result.done),
             "skipped": len(result.skipped),
             "failed": [f["image"] for f in result.failed],

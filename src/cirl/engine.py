@@ -156,11 +156,17 @@ class OnnxEngine:
         return out[0]
 
 
-def cpu_has_bf16() -> bool:
-    """Whether OpenVINO can run bf16 arithmetic on this CPU (AVX512-BF16 or AMX)."""
-    import openvino as ov
+def cpu_has_bf16(core=None) -> bool:
+    """Whether OpenVINO can run bf16 arithmetic on this CPU (AVX512-BF16 or AMX).
 
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    Args:
+        core: an ``openvino.Core`` to ask (a new one when None).
+    """
+    if core is None:
+        import openvino as ov
+
+        core = ov.Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 class OpenVinoEngine:
@@ -194,9 +200,7 @@ class OpenVinoEngine:
                 "OpenVINO on the fp32 model it came from"
             )
         core = ov.Core()
-        if precision == "bf16" and "BF16" not in core.get_property(
-            "CPU", "OPTIMIZATION_CAPABILITIES"
-        ):
+        if precision == "bf16" and not cpu_has_bf16(core):
             raise CirlError(
                 "--engine openvino-bf16: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX); "
                 "use --engine openvino (fp32) or auto"

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cirl.errors import CirlError
+from cirl.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,7 @@ def run_gate(
         "reference": "onnx",
         "split": split,
         "data": str(data),
-        "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()
-        if manifest.is_file()
-        else None,
+        "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
         "tolerance": tolerance,
         "protocol": PROTOCOL,
         "machine": machine(),
@@ -228,14 +227,6 @@ def _cache_file() -> Path:
     return Path(root) / "cirl" / "engine-choice.json"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _time_engine(engine, tile: int, batch: int, repeats: int) -> float:
     """Median seconds per tile of ``engine`` on a seeded ``(batch, 3, tile, tile)`` input."""
     x = np.random.default_rng(0).random((batch, 3, tile, tile), dtype=np.float32)
@@ -251,17 +242,17 @@ def _time_engine(engine, tile: int, batch: int, repeats: int) -> float:
 
 def passed_engines(model: Path, metadata: dict[str, str]) -> list[str]:
     """The gated engines this model may use on this machine without forcing."""
-    from cirl.engine import cpu_has_bf16, int8_path
+    from cirl.engine import GATED, cpu_has_bf16, int8_path
 
     found = []
-    for name in ("onnx-int8", "openvino", "openvino-bf16"):
+    for name in GATED:
         if not gate_status(metadata, name)["passed"]:
             continue
         if name == "onnx-int8":
             int8 = int8_path(model)
             gate = json.loads(metadata[GATE_KEY])
             recorded = gate["engines"][name].get("file_sha256")
-            if not int8.is_file() or (recorded and _sha256(int8) != recorded):
+            if not int8.is_file() or (recorded and file_sha256(int8) != recorded):
                 continue
         if name == "openvino-bf16" and not cpu_has_bf16():
             continue
@@ -300,7 +291,7 @@ def choose_engine(
             "cached": False,
         }
     key_parts = {
-        "model_sha256": _sha256(model),
+        "model_sha256": file_sha256(model),
         "candidates": candidates,
         "tile": tile,
         "batch": batch,

@@ -135,6 +135,10 @@ class PredictResult:
     failed: list[dict] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     """Photos whose outputs an earlier run had already made (``resume``)."""
+    engine: str = ""
+    """The engine that ran (``auto`` resolved)."""
+    engine_choice: dict | None = None
+    """Why ``auto`` chose it, with its timings (None for a named engine)."""
 
 
 def window_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -475,6 +479,9 @@ def _finished(out: Path, photo: _Photo, engine, cfg: PredictConfig) -> dict | No
     return report if same else None
 
 
+_TIMED = ("read", "predict", "measure", "write")
+
+
 def _summary_row(photo: _Photo, status: str, report: dict | None, reason: str = "") -> dict:
     row = {"image": photo.source, "name": photo.name, "status": status, "reason": reason}
     if report is not None:
@@ -495,9 +502,6 @@ def _summary_row(photo: _Photo, status: str, report: dict | None, reason: str = 
             }
         )
     return row
-
-
-_TIMED = ("read", "predict", "measure", "write")
 
 
 def _write_summary(out: Path, rows: list[dict]) -> None:
@@ -601,7 +605,7 @@ def run(
         )
     out = Path(out)
     writable_dir(out)
-    result = PredictResult(out)
+    result = PredictResult(out, engine=engine.name, engine_choice=choice)
     rows: list[dict] = []
     done_before: dict[str, dict] = {}
     if cfg.resume:

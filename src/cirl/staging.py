@@ -23,7 +23,17 @@ from cirl.errors import CirlError
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read without changing it where the kernel says it (Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    # elsewhere it can only be read by setting it (a file created meanwhile by another
+    # thread would get the temporary mask)
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

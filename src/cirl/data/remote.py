@@ -204,6 +204,22 @@ def _download(client, bucket: str, obj: RemoteObject, path: Path, uri: str) -> N
     path.write_bytes(body)
 
 
+def _listing(uri: str) -> tuple[object, str, str, list[RemoteObject]]:
+    """A client, the bucket and prefix of ``uri``, and every object under the prefix.
+
+    Raises:
+        CirlError: naming the URI and the fix when the listing fails.
+    """
+    import botocore.exceptions as bx
+
+    bucket, prefix = parse_s3_uri(uri)
+    client = s3_client()
+    try:
+        return client, bucket, prefix, _list(client, bucket, prefix)
+    except (bx.BotoCoreError, bx.ClientError) as exc:
+        raise _error(uri, bucket, exc) from None
+
+
 @contextlib.contextmanager
 def fetched(uri: str) -> Iterator[FetchedDataset]:
     """Download every object under ``s3://bucket/prefix`` into a temporary folder.
@@ -223,12 +239,7 @@ def fetched(uri: str) -> Iterator[FetchedDataset]:
     """
     import botocore.exceptions as bx
 
-    bucket, prefix = parse_s3_uri(uri)
-    client = s3_client()
-    try:
-        objects = _list(client, bucket, prefix)
-    except (bx.BotoCoreError, bx.ClientError) as exc:
-        raise _error(uri, bucket, exc) from None
+    client, bucket, prefix, objects = _listing(uri)
     if not objects:
         raise CirlError(
             f"{uri}: no objects under prefix {prefix or '(bucket root)'!r} in bucket "
@@ -284,14 +295,7 @@ def list_objects(uri: str, suffixes: tuple[str, ...] = ()) -> RemoteListing:
     Raises:
         CirlError: as :func:`fetched`, including when no object matches.
     """
-    import botocore.exceptions as bx
-
-    bucket, prefix = parse_s3_uri(uri)
-    client = s3_client()
-    try:
-        objects = _list(client, bucket, prefix)
-    except (bx.BotoCoreError, bx.ClientError) as exc:
-        raise _error(uri, bucket, exc) from None
+    client, bucket, prefix, objects = _listing(uri)
     objects = [
         o
         for o in objects
