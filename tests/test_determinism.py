@@ -223,3 +223,27 @@ def test_training_runs_in_deterministic_mode_and_restores_the_setting(inputs, tm
     )
     assert seen == [True]
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_training_computes_subnormals_even_when_the_caller_flushes(inputs, tmp_path):
+    """A thread left flushing by inference (onnxruntime never clears the mode it sets) would
+    train other weights than a fresh process: training switches the mode off, then back."""
+    from cirl import fpenv, train
+
+    if not fpenv.available():
+        pytest.skip("no fegetenv in this C library")
+    seen = []
+    torch.set_flush_denormal(True)
+    try:
+        train.run(
+            train.TrainConfig(**{**TRAIN, "loss": "bce", "steps_per_epoch": 1}),
+            inputs[0],
+            tmp_path / "bce",
+            progress=False,
+            on_epoch=lambda record: seen.append(fpenv.flushes_subnormals()),
+        )
+        assert seen == [False]
+        assert fpenv.flushes_subnormals()
+    finally:
+        torch.set_flush_denormal(False)
+    assert train.flushing_threads() == 0

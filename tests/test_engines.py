@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from cirl import export, predict
+from cirl import export, fpenv, predict
 from cirl.engine import cpu_has_bf16, load_engine, read_metadata
 from cirl.errors import CirlError
 from cirl.gate import GATE_KEY, gate_status
@@ -122,6 +122,23 @@ def test_openvino_matches_onnxruntime(gated):
         bf16 = load_engine(model, "openvino-bf16")
         assert bf16.precision == "bf16"
         assert np.abs(bf16(x) - reference).max() < 0.05
+
+
+@pytest.mark.skipif(not fpenv.available(), reason="no fegetenv in this C library")
+@pytest.mark.parametrize("engine", ["onnx", "onnx-int8", "openvino"])
+def test_engines_leave_the_callers_subnormal_mode_as_they_found_it(gated, engine):
+    """onnxruntime and OpenVINO switch flush-to-zero on in the thread that loads a model and
+    never off; training later in that thread would compute other weights (cirl.fpenv)."""
+    model, _ = gated
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    assert not fpenv.flushes_subnormals()
+    loaded = load_engine(model, engine, force=True)
+    loaded(x)
+    assert not fpenv.flushes_subnormals()
+    if fpenv.with_flush(fpenv.get()) is not None:
+        with fpenv.flushing():  # what each run does in the calling thread
+            assert fpenv.flushes_subnormals()
+        assert not fpenv.flushes_subnormals()
 
 
 def test_a_failed_gate_refuses_the_engine_unless_forced(trained, tmp_path):

@@ -32,6 +32,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from cirl import fpenv
 from cirl.errors import CirlError
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,10 @@ class OnnxEngine:
         if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
             providers.insert(0, "CUDAExecutionProvider")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            # onnxruntime may switch the mode on for the creating thread too, and never off:
+            # the runs below switch it on for their own duration (cirl.fpenv)
+            with fpenv.preserved():
+                self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise CirlError(
                 f"{path}: not a loadable ONNX model ({type(exc).__name__}: "
@@ -152,7 +156,9 @@ class OnnxEngine:
             self.name = "onnx-int8"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})
+        # the calling thread computes a share of the run: subnormals as zero, then back
+        with fpenv.flushing():
+            out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})
         return out[0]
 
 
@@ -215,7 +221,9 @@ class OpenVinoEngine:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
             model = core.read_model(str(path))
-            self.compiled = core.compile_model(model, "CPU", config)
+            # like onnxruntime, OpenVINO leaves the mode on in the compiling thread (cirl.fpenv)
+            with fpenv.preserved():
+                self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError with long messages
             raise CirlError(
                 f"{path}: OpenVINO cannot compile this model ({type(exc).__name__}: "
@@ -238,7 +246,8 @@ class OpenVinoEngine:
         )
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        result = self.request.infer([np.ascontiguousarray(batch, np.float32)])
+        with fpenv.flushing():
+            result = self.request.infer([np.ascontiguousarray(batch, np.float32)])
         return np.array(result[self.compiled.output(0)], np.float32, copy=True)
 
 
