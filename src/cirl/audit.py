@@ -13,7 +13,9 @@
   (``tolerance``), and the registered ONNX model against those weights (``onnx_tolerance``).
 * :func:`retrain` runs the recorded training again (phase I, select, phase II, evaluate; or the
   BCE baseline and evaluate) with the recorded parameters on the recorded data, and compares
-  the retrained weights (tensor by tensor) and test scores with the registered ones.
+  the retrained weights (tensor by tensor) and test scores with the registered ones. The
+  command runs it in a fresh process (:func:`retrain_in_fresh_process`), as a pipeline task
+  trains, so nothing the verification left in the process reaches the training.
 * :func:`run` does what the command does: lineage, optionally verify and retrain, and writes
   ``OUT/audit.md`` and ``OUT/audit.json`` (each replaced atomically).
 
@@ -1201,6 +1203,30 @@ def retrain(
 _verify, _retrain = verify, retrain
 
 
+def retrain_in_fresh_process(
+    record: dict,
+    cfg: AuditConfig,
+    workdir: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    tracking: TrackingConfig | None = None,
+    progress: bool = False,
+) -> RetrainResult:
+    """:func:`retrain` in a new Python process (``spawn``), as each pipeline task trains in one.
+
+    A process that has verified the model carries state that training inherits: onnxruntime's
+    and PyTorch's thread pools, the threads' floating-point modes (:mod:`cirl.fpenv`), allocator
+    and random-number state. Bit-identical weights are promised for the same code, data, seed
+    and machine from a fresh start, so that is where the retrain runs. Errors come back as
+    they were raised (a :class:`CirlError` stays one).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(retrain, record, cfg, workdir, data, tracking, progress).result()
+
+
 # --- the report ----------------------------------------------------------------------------
 
 
@@ -1469,7 +1495,9 @@ def run(
         checked = _verify(record, cfg, data, tracking, progress=progress)
         checked.notes[:0] = notes
     if retrain:
-        retrained = _retrain(record, cfg, out / "retrain", data, tracking, progress=progress)
+        retrained = retrain_in_fresh_process(
+            record, cfg, out / "retrain", data, tracking, progress=progress
+        )
         retrained.notes[:0] = notes
     text = markdown(record, checked, retrained)
     report = {
