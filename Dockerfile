@@ -6,9 +6,11 @@
 #
 # CPU (default; on a machine with a local wheel folder, see docs/container.md):
 #   podman build -t cirl:cpu .
-# GPU nodes (torch's CUDA build from PyTorch's index; the base only needs Python >= 3.11):
+# GPU nodes (torch's CUDA build from PyTorch's index, which brings its CUDA runtime wheels):
+#   podman build -t cirl:cu128 --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
+# On a CUDA base (Ubuntu 24.04's Python is 3.12, not the lock's 3.11) add DEPS=pyproject:
 #   podman build -t cirl:cu128 --build-arg BASE=nvidia/cuda:12.8.1-runtime-ubuntu24.04 \
-#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
+#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 --build-arg DEPS=pyproject .
 # Behind a TLS-intercepting proxy (the CA is used by pip only, never copied into the image):
 #   podman build -v /path/to/proxy-ca.crt:/run/extra-ca.crt:ro \
 #     --build-arg EXTRA_CA=/run/extra-ca.crt .
@@ -58,18 +60,31 @@ RUN set -eu; \
     pip install -q ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ${FIND_LINKS:+--find-links "$FIND_LINKS"} "$TORCH"; \
     rm -f /tmp/pip-ca.pem
 
-# The dependencies listed in pyproject.toml, torch held where it is: this layer is rebuilt only
-# when pyproject.toml changes, not when the source does.
-COPY pyproject.toml /tmp/cirl/pyproject.toml
+# The dependencies: by default exactly requirements.lock (every package, version and sha256 the
+# tests ran with; the dev tools included, so the image is the CI's venv), torch held where the
+# layer above put it. DEPS=pyproject resolves pyproject.toml's ranges afresh instead: for a base
+# whose Python is not the lock's (CPython 3.11, x86-64), such as the CUDA base above; that image
+# is not reproducible (`pip freeze` in it says what it got). Rebuilt only when these files change.
+ARG DEPS=lock
+COPY pyproject.toml requirements.lock /tmp/cirl/
 RUN set -eu; \
     if [ -n "$EXTRA_CA" ]; then \
         cat "$(python -c 'from pip._vendor import certifi; print(certifi.where())')" "$EXTRA_CA" > /tmp/pip-ca.pem; \
         export PIP_CERT=/tmp/pip-ca.pem; \
     fi; \
-    python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/cirl/pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/cirl/requirements.txt; \
-    pip freeze | grep -i '^torch==' > /tmp/cirl/constraints.txt; \
-    pip install -q ${FIND_LINKS:+--find-links "$FIND_LINKS"} -r /tmp/cirl/requirements.txt -c /tmp/cirl/constraints.txt; \
-    rm -rf /tmp/cirl /tmp/pip-ca.pem
+    cd /tmp/cirl; \
+    pip freeze | grep -i '^torch==' > constraints.txt; \
+    case "$DEPS" in \
+    lock) \
+        python -c "import re, sys; blocks = re.split(r'\n(?=[A-Za-z0-9])', open('requirements.lock').read()); keep = [b for b in blocks if re.match(r'[A-Za-z0-9]', b) and b.split('==')[0].lower() not in ('torch', 'pip', 'uv')]; open('image.txt', 'w').write('\n'.join(keep) + '\n')"; \
+        pip install -q --no-deps --require-hashes ${FIND_LINKS:+--find-links "$FIND_LINKS"} -r image.txt; \
+        pip check ;; \
+    pyproject) \
+        python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt; \
+        pip install -q ${FIND_LINKS:+--find-links "$FIND_LINKS"} -r requirements.txt -c constraints.txt ;; \
+    *) echo "DEPS must be lock or pyproject, got '$DEPS'" >&2; exit 1 ;; \
+    esac; \
+    cd /; rm -rf /tmp/cirl /tmp/pip-ca.pem
 
 # The package itself, without dependencies and without network (setuptools is in the venv).
 COPY --chown=root:root pyproject.toml README.md /src/cirl/

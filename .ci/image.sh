@@ -141,6 +141,27 @@ podman run --rm "$IMAGE" sh -euc '
     python3 -c "import torch, kfp; assert torch.version.cuda is None, torch.version.cuda; print(\"torch\", torch.__version__, \"kfp\", kfp.__version__)"
     if pip list 2>/dev/null | grep -i "^nvidia-"; then echo "CUDA wheels in a CPU image" >&2; exit 1; fi'
 
+step "checking the image: its packages are requirements.lock's, version for version"
+podman run --rm "$IMAGE" pip freeze --all >"$WORK/freeze.txt"
+python3 - "$REPO/requirements.lock" "$WORK/freeze.txt" <<'EOF'
+import re
+import sys
+
+
+def pins(text):
+    found = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\;]+)", text, re.M)
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in found}
+
+
+lock, image = (pins(open(path).read()) for path in sys.argv[1:3])
+lock.pop("uv", None)  # the venv's own tool, not installed in the image
+differ = sorted(n for n in lock.keys() | image.keys() if lock.get(n) != image.get(n))
+if differ:
+    sys.exit("image.sh: error: the image differs from requirements.lock: " + ", ".join(
+        f"{n} {lock.get(n, '-')} (lock) vs {image.get(n, '-')} (image)" for n in differ))
+print(f"{len(image)} packages, each at the lock's version")
+EOF
+
 step "one stage in the image: cirl synth, then cirl prepare, on a bind-mounted folder"
 mkdir -p "$WORK/stage"
 chown 1000:1000 "$WORK/stage" # the image's user
