@@ -343,10 +343,7 @@ def _cmd_sweep(args: argparse.Namespace, cfg) -> int:
         {
             "out": str(result.out),
             "storage": result.storage,
-            "trials": result.trials,
-            "complete": result.complete,
-            "failed": result.failed,
-            "pruned": result.pruned,
+            **result.counts(),
             "best": result.best,
         }
     )

@@ -174,6 +174,15 @@ class SweepResult:
     pruned: int
     best: dict | None
 
+    def counts(self) -> dict[str, int]:
+        """Trials started, complete, failed and pruned (what the command and tasks report)."""
+        return {
+            "trials": self.trials,
+            "complete": self.complete,
+            "failed": self.failed,
+            "pruned": self.pruned,
+        }
+
 
 def defaults_point(train_cfg, select_cfg) -> dict[str, Any]:
     """The settings of the default point: the ``train`` and ``select`` groups' values."""
@@ -414,9 +423,18 @@ def _same_point_done(study, number: int, point: dict, grace: int):
         if not running:
             return None
         time.sleep(min(5.0, max(1.0, grace / 10)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+        _fail_stale_trials(study)
+
+
+def _fail_stale_trials(study) -> None:
+    """Fail the RUNNING trials whose heartbeat stopped (dead workers); the retry callback
+    queues each again. Heartbeats are "experimental" in Optuna since 2.8: its warning is not
+    the user's concern."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def _points_left(study, count: int) -> bool:
@@ -428,9 +446,7 @@ def _points_left(study, count: int) -> bool:
     """
     import optuna
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    _fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
     if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
         return True

@@ -544,13 +544,7 @@ def sweep_worker(
     if parent_run_id and tracking_cfg is not None:
         os.environ["CIRL_PARENT_RUN_ID"] = parent_run_id
     result = sweep.run(cfg, train_cfg, select_cfg, dataset.path, folder, tracking_cfg)
-    summary = {
-        "trials": result.trials,
-        "complete": result.complete,
-        "failed": result.failed,
-        "pruned": result.pruned,
-        "storage": result.storage,
-    }
+    summary = {**result.counts(), "storage": result.storage}
     out.metadata.update(summary)
     return summary
 
@@ -571,14 +565,8 @@ def sweep_report(
     folder = _prepare_output(report)
     roots = tuple(Path(w.path) for w in workers)
     result = sweep.report_study(cfg, train_cfg, select_cfg, dataset.path, folder, roots)
-    summary = {
-        "trials": result.trials,
-        "complete": result.complete,
-        "failed": result.failed,
-        "pruned": result.pruned,
-        "best": result.best,
-    }
-    report.metadata.update({k: v for k, v in summary.items() if k != "best"})
+    summary = {**result.counts(), "best": result.best}
+    report.metadata.update(result.counts())
     if page is not None:
         body = ""
         best_md = folder / "best.md"
