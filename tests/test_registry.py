@@ -258,6 +258,44 @@ def test_predict_through_the_registry_matches_the_file(model, store, tmp_path):
     assert again.path == first.path and again.path.stat().st_mtime_ns == stamp
 
 
+def test_the_gated_int8_copy_travels_with_the_registered_model(model, store, tmp_path):
+    """A model exported with --quantize static is registered with its int8 copy, and fetched
+    with it beside the model: the same engines pass the gate as for the local files."""
+    from cirl import export
+    from cirl.engine import int8_path, load_engine, read_metadata
+    from cirl.gate import passed_engines
+    from cirl.hashing import file_sha256
+
+    local = tmp_path / "quantized" / "model.onnx"
+    cfg = export.ExportConfig(
+        export_size=64, check_height=64, check_width=96, quantize="static", calibration_tiles=4
+    )
+    export.run(cfg, model["checkpoint"], local, data=model["root"] / "prep")
+    assert int8_path(local).is_file()
+    result = registry.register(
+        registry.RegisterConfig(name="crack-int8"), local, model["eval"], None, store
+    )
+    tags = _client(store).get_model_version("crack-int8", result.version).tags
+    assert tags["cirl.int8_sha256"] == file_sha256(int8_path(local))
+
+    fetched = registry.fetch_model("models:/crack-int8/1", store.tracking_uri)
+    assert not fetched.path.name.endswith(".int8.onnx")
+    assert file_sha256(int8_path(fetched.path)) == file_sha256(int8_path(local))
+    meta = read_metadata(fetched.path)
+    assert passed_engines(fetched.path, meta) == passed_engines(local, read_metadata(local))
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    by_uri = load_engine(
+        "models:/crack-int8/1", "onnx-int8", tracking_uri=store.tracking_uri, force=True
+    )
+    assert np.array_equal(by_uri(x), load_engine(local, "onnx-int8", force=True)(x))
+    # a version registered without one has none beside it
+    registry.register(
+        registry.RegisterConfig(name="crack-fp32"), model["onnx"], model["eval"], None, store
+    )
+    plain = registry.fetch_model("models:/crack-fp32/1", store.tracking_uri)
+    assert not int8_path(plain.path).exists()
+
+
 def test_model_uri_errors_name_the_uri_and_the_fix(model, store, tmp_path):
     from cirl.engine import load_engine
 

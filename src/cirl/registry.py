@@ -1,8 +1,10 @@
 """Stage ``register`` / ``promote``: exported models as versions of an MLflow registered model.
 
 * :func:`register` logs an exported ONNX model with ``mlflow.onnx`` (signature and input
-  example), the PyTorch weights (``checkpoint/model_state.pt``: state dict and configs, no
-  optimizer) and the configs and reports as artifacts of a ``register`` run, and registers a
+  example), its gated int8 copy when ``cirl export --quantize static`` wrote one
+  (``int8/NAME.int8.onnx``), the PyTorch weights (``checkpoint/model_state.pt``: state dict
+  and configs, no optimizer) and the configs and reports as artifacts of a ``register`` run,
+  and registers a
   new version of a named model. The version carries the lineage tags of
   :func:`cirl.tracking.lineage_tags`, the test metrics of the evaluation (``test.f1``,
   ``test.precision``...), the test split and the manifest SHA-256 of the test data
@@ -18,7 +20,8 @@
   scores, reason). :func:`alias_history` lists them; :func:`champion_at` answers "which version
   was champion at time X".
 * :func:`fetch_model` resolves ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) to a local
-  ``.onnx`` file, downloaded once per version into a cache folder: what ``cirl predict --model
+  ``.onnx`` file, downloaded once per version into a cache folder (with the int8 copy beside
+  it, so that ``--engine auto`` and ``onnx-int8`` can use it): what ``cirl predict --model
   models:/cirl-crack@champion`` runs.
 """
 
@@ -237,6 +240,10 @@ def _weights_file(checkpoint: Path, folder: Path) -> Path:
     return path
 
 
+# Where a register run keeps the model's gated int8 copy (``cirl export --quantize static``).
+INT8_ARTIFACTS = "int8"
+
+
 def register(
     cfg: RegisterConfig,
     model: str | os.PathLike,
@@ -268,7 +275,8 @@ def register(
     import numpy as np
 
     from cirl import tracking as tracking_layer
-    from cirl.checkpoint import file_sha256
+    from cirl.engine import int8_path
+    from cirl.hashing import file_sha256
 
     tracking = _tracking(tracking)
     model = Path(model)
@@ -364,6 +372,10 @@ def register(
             raise tracking_layer.artifact_error(
                 exc, f"model of run {run.run_id}", run.artifact_uri
             ) from None
+        quantized = int8_path(model)
+        if quantized.is_file():  # the gated int8 copy: fetched beside the model for predict
+            run.log_artifact(quantized, INT8_ARTIFACTS)
+            version_tags["cirl.int8_sha256"] = file_sha256(quantized)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             if checkpoint is not None:
@@ -772,7 +784,7 @@ def fetch_model(
     # the key includes the version's source (its logged model's unique id) and run
     key = hashlib.sha256(f"{store}|{version.source}|{version.run_id}".encode()).hexdigest()[:16]
     folder = Path(cache_dir or cache_folder()) / name / f"{version.version}-{key}"
-    found = sorted(folder.rglob("*.onnx")) if folder.is_dir() else []
+    found = _fp32_models(folder) if folder.is_dir() else []
     if not found:
         import mlflow
 
@@ -786,11 +798,13 @@ def fetch_model(
                     tracking_uri=store,
                     registry_uri=store,
                 )
-            if not any(staging.rglob("*.onnx")):
+            fp32 = _fp32_models(staging)
+            if not fp32:
                 raise CirlError(
                     f"{uri} (version {version.version}) holds no .onnx file; register models "
                     "with `cirl register`"
                 )
+            _fetch_int8(client, version.run_id, fp32[0], store)
             try:
                 staging.rename(folder)
             except OSError:  # fetched meanwhile by another process: keep theirs
@@ -801,5 +815,28 @@ def fetch_model(
         except Exception as exc:  # artifact stores raise their own types
             shutil.rmtree(staging, ignore_errors=True)
             raise artifact_error(exc, f"{uri} (version {version.version})") from None
-        found = sorted(folder.rglob("*.onnx"))
+        found = _fp32_models(folder)
     return FetchedModel(uri, name, str(version.version), found[0], version.run_id)
+
+
+def _fp32_models(folder: Path) -> list[Path]:
+    """The ``.onnx`` files of a fetched version other than its int8 copy."""
+    return sorted(p for p in folder.rglob("*.onnx") if not p.name.endswith(".int8.onnx"))
+
+
+def _fetch_int8(client, run_id: str, model: Path, store: str) -> None:
+    """Download the register run's int8 copy (if it logged one) to ``NAME.int8.onnx`` beside
+    ``model``, where ``--engine onnx-int8`` and ``auto`` look for it (its hash is checked
+    against the one the model's accuracy gate pinned before it is used)."""
+    import mlflow
+
+    from cirl.engine import int8_path
+
+    logged = [f.path for f in client.list_artifacts(run_id, INT8_ARTIFACTS) if not f.is_dir]
+    if not logged:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        got = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=logged[0], dst_path=tmp, tracking_uri=store
+        )
+        shutil.move(got, int8_path(model))
