@@ -579,9 +579,6 @@ def run(
     from cirl.engine import load_engine
 
     photos, listing = _inputs(inputs)
-    # skan's import and numba's compilation cost about 3 s once per process: done in the
-    # background while the engine loads and the first photo is read and inferred
-    threading.Thread(target=_warm_measure, name="warm-measure", daemon=True).start()
     engine = load_engine(
         model,
         cfg.engine,
@@ -592,6 +589,12 @@ def run(
         tile=cfg.tile,
         batch=cfg.batch,
     )
+    # skan's import and numba's compilation cost about 3 s once per process: done in the
+    # background while the first photo is read and inferred. Not earlier: `auto` times the
+    # engines while loading, and a compiling thread beside it took one of the 2 cores here:
+    # onnxruntime fp32 read 181-224 ms per tile, 89-96 ms without it (a photo's wall time
+    # with a cached choice did not change: 5.5 s either way)
+    threading.Thread(target=_warm_measure, name="warm-measure", daemon=True).start()
     choice = engine.description.get("choice")
     log.info(
         "engine: %s%s",
