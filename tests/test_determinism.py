@@ -247,3 +247,20 @@ def test_training_computes_subnormals_even_when_the_caller_flushes(inputs, tmp_p
     finally:
         torch.set_flush_denormal(False)
     assert train.flushing_threads() == 0
+
+
+def test_worker_threads_created_while_flushing_are_detected():
+    """PyTorch's worker threads keep the mode of the moment they were made: training in such a
+    process warns (it cannot switch their mode), which :func:`cirl.train.flushing_threads`
+    detects in a new process whose first parallel op runs while flushing."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("one thread: no worker threads")
+    code = (
+        "import torch; from cirl.train import flushing_threads; "
+        "torch.set_flush_denormal(True); before = flushing_threads(); "
+        "torch.set_flush_denormal(False); print(before, flushing_threads())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    threads = torch.get_num_threads()
+    assert done.stdout.split() == [str(threads), str(threads - 1)]

@@ -407,7 +407,8 @@ def flushing_threads() -> int:
     subnormal results are all zero was computed by a flushing thread.
     """
     threads = torch.get_num_threads()
-    share = 1 << 20  # large: a small op may run on fewer threads than it has shares
+    # large shares (a small op may run on fewer threads than it has shares), 16 MB at most
+    share = max(1 << 16, (1 << 22) // threads)
     product = torch.full((threads * share,), 1e-38) * 0.1  # subnormal, or zero when flushed
     # the bits, not a float comparison: a thread that reads subnormals as zero would say 0 == x
     bits = product.numpy().view(np.int32).reshape(threads, share)
