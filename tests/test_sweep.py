@@ -57,9 +57,9 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
-def _sweep(root: Path, out: Path, *extra: str, wait: bool = True):
+def _sweep(root: Path, out: Path, *extra: str, wait: bool = True, params: str = "params.yaml"):
     command = [
-        sys.executable, "-m", "cirl", "sweep", "--params", str(root / "params.yaml"),
+        sys.executable, "-m", "cirl", "sweep", "--params", str(root / params),
         "--data", str(root / "prep"), "--out", str(out), "--epochs", "2", *POINTS, *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -105,6 +105,28 @@ def test_sensitivity_sweep_completes_shares_phase1_and_writes_reports(workdir):
     # scored once: a second report reuses the stored test scores and runs nothing new
     again = _sweep(workdir, out)
     assert again["trials"] == 4 and again["best"]["test_f1"] == result["best"]["test_f1"]
+
+
+def test_points_with_an_empty_ambiguous_set_share_one_phase_ii(workdir):
+    """gamma far above any variance selects no pixel: phase II is then BCE whatever beta and K
+    are, so those points reuse the first one's run instead of training it again."""
+    out = workdir / "empty"
+    (workdir / "empty.yaml").write_text(PARAMS.replace("gamma: 0.4", "gamma: 1000.0"))
+    extra = ["--gamma", "1000", "--beta", "0.2,0.05", "--k", "5,3", "--rule", "variance"]
+    result = _sweep(workdir, out, *extra, "--no-test", params="empty.yaml")
+    assert result["complete"] == 3
+    import optuna
+
+    study = optuna.load_study(study_name="cirl-sweep", storage=f"sqlite:///{out / 'study.db'}")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert all(t.user_attrs["selected_fraction"] == 0 for t in trials)
+    first, *reused = trials
+    assert "duplicate_of" not in first.user_attrs
+    for t in reused:
+        assert t.user_attrs["duplicate_of"] == first.number
+        assert t.user_attrs["duplicate_because"] == "empty_a"
+        assert t.value == first.value and t.intermediate_values == first.intermediate_values
+    assert [p.name for p in (out / "trials").iterdir()] == [str(first.number)]
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(workdir):

@@ -339,12 +339,16 @@ class _Runner:
             summary = json.loads((ambiguity / "summary.json").read_text())
             for name in ("selected_fraction", "crack_share_of_a", "ring_false_positive_rate"):
                 trial.set_user_attr(name, summary.get(name))
-        cfg = dataclasses.replace(
+        cfg = dataclasses.replace(  # checked here: a point it refuses fails, reused or not
             self.base,
             phase=2,
             lam=point["lam"],
             **{k: point[k] for k in PHASE2_KEYS},
         )
+        if ambiguity is not None and summary.get("selected_pixels") == 0:
+            twin = _empty_a_twin(trial, point)
+            if twin is not None:
+                return _reuse(trial, twin, "empty_a")
         folder = self.out / "trials" / str(trial.number)
         trial.set_user_attr("folder", str(folder))
         from cirl import tracking
@@ -378,6 +382,43 @@ class _Runner:
             )
             run.log_metrics({"val_f1": result.best_val_f1})
         return result.best_val_f1
+
+
+def _empty_a_twin(trial, point: dict):
+    """A completed trial whose phase II is this one's computation: the same phase I and an
+    empty ambiguous set A from an offline selection.
+
+    With A empty, phase II is BCE on every valid pixel and the CI term is an exact zero: beta,
+    K, the CI reduction, the selection rule and its threshold change nothing, so the weights,
+    and the val F1, are the same bit for bit (on DeepCrack, six such points of the sensitivity
+    study scored 0.6394138535420226 each). None when there is no such trial yet.
+    """
+    import optuna
+
+    for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        settings = other.user_attrs.get("settings") or {}
+        if (
+            other.number != trial.number
+            and all(settings.get(k) == point[k] for k in PHASE1_KEYS)
+            and settings.get("selection") == "offline"
+            and other.user_attrs.get("selected_fraction") == 0
+            and other.value is not None
+        ):
+            return other
+    return None
+
+
+def _reuse(trial, done, why: str) -> float:
+    """Record ``done``'s result as ``trial``'s (its folder, val F1 per epoch and best)."""
+    trial.set_user_attr("duplicate_of", done.number)
+    trial.set_user_attr("duplicate_because", why)
+    for name in ("folder", "selected_fraction", "crack_share_of_a", "ring_false_positive_rate"):
+        if name in done.user_attrs:
+            trial.set_user_attr(name, done.user_attrs[name])
+    for step, value in sorted(done.intermediate_values.items()):
+        trial.report(value, step)
+    log.info("trial %d: the same run as trial %d (%s)", trial.number, done.number, why)
+    return float(done.value)
 
 
 def _point_of(trial, cfg: SweepConfig, points: list[dict] | None) -> dict:
@@ -572,11 +613,7 @@ def run(
             trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
             done = _same_point_done(study, trial.number, point, cfg.grace)
             if done is not None:
-                trial.set_user_attr("duplicate_of", done.number)
-                for name in ("folder", "selected_fraction", "crack_share_of_a"):
-                    if name in done.user_attrs:
-                        trial.set_user_attr(name, done.user_attrs[name])
-                return float(done.value)
+                return _reuse(trial, done, "same_settings")
             t0 = time.perf_counter()
             try:
                 return runner.phase2(trial, point)
