@@ -209,18 +209,24 @@ def test_chain_is_identical_in_two_processes(inputs, tmp_path):
     assert_same_outputs(tmp_path / "a", tmp_path / "b")
 
 
-def test_training_runs_in_deterministic_mode_and_restores_the_setting(inputs, tmp_path):
+def _one_step_seeing(probe, data: Path, out: Path) -> list:
+    """One BCE training step; what ``probe()`` returned inside the training, per epoch."""
     from cirl import train
 
     seen = []
-    assert not torch.are_deterministic_algorithms_enabled()
     train.run(
         train.TrainConfig(**{**TRAIN, "loss": "bce", "steps_per_epoch": 1}),
-        inputs[0],
-        tmp_path / "bce",
+        data,
+        out,
         progress=False,
-        on_epoch=lambda record: seen.append(torch.are_deterministic_algorithms_enabled()),
+        on_epoch=lambda record: seen.append(probe()),
     )
+    return seen
+
+
+def test_training_runs_in_deterministic_mode_and_restores_the_setting(inputs, tmp_path):
+    assert not torch.are_deterministic_algorithms_enabled()
+    seen = _one_step_seeing(torch.are_deterministic_algorithms_enabled, inputs[0], tmp_path)
     assert seen == [True]
     assert not torch.are_deterministic_algorithms_enabled()
 
@@ -232,16 +238,9 @@ def test_training_computes_subnormals_even_when_the_caller_flushes(inputs, tmp_p
 
     if not fpenv.available():
         pytest.skip("no fegetenv in this C library")
-    seen = []
     torch.set_flush_denormal(True)
     try:
-        train.run(
-            train.TrainConfig(**{**TRAIN, "loss": "bce", "steps_per_epoch": 1}),
-            inputs[0],
-            tmp_path / "bce",
-            progress=False,
-            on_epoch=lambda record: seen.append(fpenv.flushes_subnormals()),
-        )
+        seen = _one_step_seeing(fpenv.flushes_subnormals, inputs[0], tmp_path)
         assert seen == [False]
         assert fpenv.flushes_subnormals()
     finally:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import platform
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -80,20 +82,6 @@ def preserved() -> Iterator[None]:
         set_env(before)
 
 
-@contextlib.contextmanager
-def applied(env: bytes | None) -> Iterator[None]:
-    """Run the block in ``env`` (from :func:`get`), then restore the calling thread's own."""
-    if env is None:
-        yield
-        return
-    before = get()
-    set_env(env)
-    try:
-        yield
-    finally:
-        set_env(before)
-
-
 # Where the flush bits live in glibc's fenv_t: (byte offset of a uint32, its flush bits).
 _FLUSH_BITS = {
     "x86_64": (28, 0x8040),  # __mxcsr: flush-to-zero (bit 15) and denormals-are-zero (bit 6)
@@ -101,17 +89,17 @@ _FLUSH_BITS = {
     "aarch64": (0, 1 << 24),  # __fpcr: FZ
     "arm64": (0, 1 << 24),
 }
+# this machine's entry, looked up once: flushing() runs around every inference batch
+_FLUSH_HERE = (
+    _FLUSH_BITS.get(platform.machine().lower()) if sys.platform.startswith("linux") else None
+)
 
 
 def with_flush(env: bytes | None) -> bytes | None:
     """``env`` with subnormals flushed to zero (None where the layout is not known here)."""
-    import platform
-    import sys
-
-    where = _FLUSH_BITS.get(platform.machine().lower())
-    if env is None or where is None or not sys.platform.startswith("linux"):
+    if env is None or _FLUSH_HERE is None:
         return None
-    offset, bits = where
+    offset, bits = _FLUSH_HERE
     word = int.from_bytes(env[offset : offset + 4], sys.byteorder) | bits
     return env[:offset] + word.to_bytes(4, sys.byteorder) + env[offset + 4 :]
 
@@ -120,8 +108,12 @@ def with_flush(env: bytes | None) -> bytes | None:
 def flushing() -> Iterator[None]:
     """Run the block with subnormals flushed to zero in the calling thread, then restore its
     environment (inference engines: the calling thread computes a share of each run)."""
-    with applied(with_flush(get())):
+    before = get()
+    set_env(with_flush(before))  # None (unknown layout) changes nothing
+    try:
         yield
+    finally:
+        set_env(before)
 
 
 def flushes_subnormals() -> bool:

@@ -4,8 +4,7 @@
   example), its gated int8 copy when ``cirl export --quantize static`` wrote one
   (``int8/NAME.int8.onnx``), the PyTorch weights (``checkpoint/model_state.pt``: state dict
   and configs, no optimizer) and the configs and reports as artifacts of a ``register`` run,
-  and registers a
-  new version of a named model. The version carries the lineage tags of
+  and registers a new version of a named model. The version carries the lineage tags of
   :func:`cirl.tracking.lineage_tags`, the test metrics of the evaluation (``test.f1``,
   ``test.precision``...), the test split and the manifest SHA-256 of the test data
   (``test.split``, ``test.manifest_sha256``), and the checkpoint's SHA-256. The model and the

@@ -565,8 +565,9 @@ def sweep_report(
     folder = _prepare_output(report)
     roots = tuple(Path(w.path) for w in workers)
     result = sweep.report_study(cfg, train_cfg, select_cfg, dataset.path, folder, roots)
-    summary = {**result.counts(), "best": result.best}
-    report.metadata.update(result.counts())
+    counts = result.counts()
+    report.metadata.update(counts)
+    summary = {**counts, "best": result.best}
     if page is not None:
         body = ""
         best_md = folder / "best.md"

@@ -352,7 +352,6 @@ def validate(
 
 def _mix(*values: int) -> int:
     """A stable 63-bit seed derived from several integers (seed, epoch, purpose)."""
-
     return int(np.random.SeedSequence(list(values)).generate_state(1, np.uint64)[0] >> 1)
 
 
