@@ -231,8 +231,9 @@ def step_times(args: argparse.Namespace, data: Path, sel: Path, repeats: int) ->
     """Milliseconds per training step of each arm, interleaved, on identical batches."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from cirl.arithmetic import choose
     from cirl.data.tiles import TileDataset
-    from cirl.train import TrainConfig, _autocast, _new_model, compute_loss, resolve_precision
+    from cirl.train import TrainConfig, _autocast, _new_model, compute_loss
 
     dataset = TileDataset(data, "train", crop=args.crop, augment=True, ambiguity=sel, seed=0)
     batches = []
@@ -254,9 +255,10 @@ def step_times(args: argparse.Namespace, data: Path, sel: Path, repeats: int) ->
         "phase2_online": TrainConfig(phase=2, selection="online", ci_reduction="batch", **common),
     }
     device = torch.device("cpu")
-    precision = resolve_precision(args.recipe.get("precision", "fp32"), device)
+    chosen = choose(arms["bce"], args.crop)  # the recipe's arithmetic, resolved as train does
+    precision = chosen["precision"]
     dtype = {"bf16": torch.bfloat16}.get(precision)
-    fmt = torch.channels_last if args.recipe.get("channels_last") else torch.contiguous_format
+    fmt = torch.channels_last if chosen["channels_last"] else torch.contiguous_format
     state = {}
     for name, cfg in arms.items():
         torch.manual_seed(0)

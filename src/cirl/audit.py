@@ -760,70 +760,71 @@ def _compare_scores(
     return table, differences
 
 
-def _onnx_check(
-    record: dict, payload: dict, data: Path, split: str, cfg: AuditConfig, store: str, folder: Path
-) -> tuple[dict[str, Any], list[Difference]]:
-    """Run the registered ONNX model and the registered weights on the split; compare."""
-    import numpy as np
-    import torch
+class _OnnxCheck:
+    """The registered ONNX model run beside the re-evaluation: each tile's probabilities from
+    the registered weights (the evaluation's own, not a second PyTorch pass) against ONNX's."""
 
-    from cirl.checkpoint import build_from_checkpoint
-    from cirl.data.tiles import TileDataset
-    from cirl.engine import OnnxEngine
-    from cirl.inference import predict_prob
-    from cirl.metrics import SegmentationMetrics
-    from cirl.registry import fetch_model
-    from cirl.train import resolve_device
+    def __init__(self, record: dict, cfg: AuditConfig, store: str, folder: Path) -> None:
+        from cirl.engine import OnnxEngine
+        from cirl.metrics import SegmentationMetrics
+        from cirl.registry import fetch_model
 
-    fetched = fetch_model(f"models:/{record['name']}/{record['version']}", store, folder / "onnx")
-    engine = OnnxEngine(fetched.path, device=cfg.device)
-    differences = []
-    recorded = record["model"].get("checkpoint_sha256")
-    in_file = engine.description.get("checkpoint_sha256")
-    if in_file != recorded:
-        differences.append(
-            Difference(
-                "model", f"checkpoint_sha256 in {fetched.path.name}", str(recorded), str(in_file)
+        uri = f"models:/{record['name']}/{record['version']}"
+        self.fetched = fetch_model(uri, store, folder / "onnx")
+        self.engine = OnnxEngine(self.fetched.path, device=cfg.device)
+        self.cfg = cfg
+        self.differences: list[Difference] = []
+        recorded = record["model"].get("checkpoint_sha256")
+        in_file = self.engine.description.get("checkpoint_sha256")
+        if in_file != recorded:
+            self.differences.append(
+                Difference(
+                    "model",
+                    f"checkpoint_sha256 in {self.fetched.path.name}",
+                    str(recorded),
+                    str(in_file),
+                )
             )
+        params = record["evaluation"].get("params") or {}
+        self.metrics = SegmentationMetrics(
+            float(params.get("threshold", 0.5)), 9, 0.0, float(params.get("empty_f1", 0.0))
         )
-    device = resolve_device(cfg.device)
-    model = build_from_checkpoint(payload, std_head=False).to(device).eval()
-    params = record["evaluation"].get("params") or {}
-    metrics = SegmentationMetrics(
-        float(params.get("threshold", 0.5)), 9, 0.0, float(params.get("empty_f1", 0.0))
-    )
-    largest = 0.0
-    for item in TileDataset(data, split):
-        image = item["image"][None]
-        with torch.no_grad():
-            want = predict_prob(model, image.to(device))[0, 0].cpu().numpy()
+        self.largest = 0.0
+
+    def __call__(self, item: dict, want: Any) -> None:
+        import numpy as np
+
+        image = item["image"][None].numpy()
         h, w = image.shape[-2:]
-        padded = np.pad(
-            image.numpy(), ((0, 0), (0, 0), (0, (-h) % engine.stride), (0, (-w) % engine.stride))
-        )
-        got = engine(padded)[0, 0, :h, :w]
-        largest = max(largest, float(np.abs(got - want).max()))
-        metrics.add(
+        stride = self.engine.stride
+        padded = np.pad(image, ((0, 0), (0, 0), (0, (-h) % stride), (0, (-w) % stride)))
+        got = self.engine(padded)[0, 0, :h, :w]
+        self.largest = max(self.largest, float(np.abs(got - want).max()))
+        self.metrics.add(
             item["tile_id"],
             np.clip(got, 0, 1),
             item["mask"][0].numpy() > 0.5,
             item["valid"][0].numpy() > 0.5,
         )
-    if not largest <= cfg.onnx_tolerance:
-        differences.append(
-            Difference(
-                "model",
-                f"ONNX model {fetched.path.name} vs checkpoint/model_state.pt (max |prob diff|)",
-                f"<= {cfg.onnx_tolerance:g}",
-                f"{largest:.3g}",
+
+    def result(self) -> tuple[dict[str, Any], list[Difference]]:
+        differences = list(self.differences)
+        if not self.largest <= self.cfg.onnx_tolerance:
+            differences.append(
+                Difference(
+                    "model",
+                    f"ONNX model {self.fetched.path.name} vs checkpoint/model_state.pt "
+                    "(max |prob diff|)",
+                    f"<= {self.cfg.onnx_tolerance:g}",
+                    f"{self.largest:.3g}",
+                )
             )
-        )
-    return {
-        "file": fetched.path.name,
-        "max_abs_prob_diff": largest,
-        "tolerance": cfg.onnx_tolerance,
-        "f1": metrics.summary()["f1"],
-    }, differences
+        return {
+            "file": self.fetched.path.name,
+            "max_abs_prob_diff": self.largest,
+            "tolerance": self.cfg.onnx_tolerance,
+            "f1": self.metrics.summary()["f1"],
+        }, differences
 
 
 def verify(
@@ -928,8 +929,17 @@ def verify(
                 "registered weights are checked through the scores they give"
             )
         split = record["data"].get("split") or "test"
+        onnx = None
+        if cfg.onnx:
+            _, store = _store(record["uri"], tracking)
+            onnx = _OnnxCheck(record, cfg, store, scratch)
         summary = evaluate.run(
-            _eval_config(record, cfg), folder, weights, scratch / "evaluation", progress=progress
+            _eval_config(record, cfg),
+            folder,
+            weights,
+            scratch / "evaluation",
+            progress=progress,
+            on_tile=onnx,
         )
         result.metrics, found = _compare_scores(record["metrics"], _scores(summary), cfg.tolerance)
         result.differences += found
@@ -937,9 +947,8 @@ def verify(
             f"registered weights re-evaluated on the {split} split ({summary['images']} images, "
             f"device {cfg.device}): every test score within {cfg.tolerance:g}"
         )
-        if cfg.onnx:
-            _, store = _store(record["uri"], tracking)
-            result.onnx, found = _onnx_check(record, payload, folder, split, cfg, store, scratch)
+        if onnx is not None:
+            result.onnx, found = onnx.result()
             result.differences += found
             result.checks.append(
                 f"registered ONNX model vs registered weights on the {split} split: max |prob "
@@ -968,18 +977,72 @@ def _typed(cls: type, params: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _stored_config(record: dict, run: dict, tracking: TrackingConfig | None) -> dict:
+    client, _ = _store(record["uri"], _tracking(tracking))
+    with tempfile.TemporaryDirectory() as tmp:
+        stored = _json_artifact(client, run["run_id"], "config.json", Path(tmp))
+    return stored if isinstance(stored, dict) else {}
+
+
 def _run_config(record: dict, run: dict, group: str, tracking: TrackingConfig | None) -> Any:
     """The resolved config of a stage run: its ``config.json`` artifact, else its params."""
     from cirl import config
 
     cls = config.stage_config(group)
-    client, _ = _store(record["uri"], _tracking(tracking))
-    with tempfile.TemporaryDirectory() as tmp:
-        stored = _json_artifact(client, run["run_id"], "config.json", Path(tmp))
-    values = (stored or {}).get(run["stage"]) if stored else None
+    values = _stored_config(record, run, tracking).get(run["stage"])
     if not isinstance(values, dict):
         values = _typed(cls, run["params"])
     return config.from_mapping(cls, values, f"parameters of the {run['role']} run {run['run_id']}")
+
+
+def as_trained(cfg: Any, provenance: dict | None) -> Any:
+    """A training config with the arithmetic its run resolved (``precision: auto`` and
+    ``channels_last: auto`` were measured on the machine that trained: the retrain computes
+    what that run computed instead of measuring again)."""
+    provenance = provenance or {}
+    if provenance.get("precision") not in ("fp32", "bf16"):
+        return cfg  # a CUDA run (fp16 amp) or one recorded before the arithmetic was
+    return dataclasses.replace(
+        cfg,
+        precision=provenance["precision"],
+        channels_last=bool(provenance.get("channels_last", cfg.channels_last is True)),
+    )
+
+
+def cpu_kind_warning(provenance: dict | None, tolerance: float) -> str | None:
+    """Why bit-identical weights are not expected when the recorded CPU is another kind."""
+    from cirl.arithmetic import machine
+
+    recorded = (provenance or {}).get("machine")
+    here = machine()
+    tail = (
+        f"so bit-identical weights are not expected: the retrain is judged by test F1 within "
+        f"the retrain tolerance {tolerance:g} (every score within the exact tolerance applies "
+        "only when the weights come out identical)"
+    )
+    if not recorded:
+        return (
+            f"the training run recorded no CPU (trained before cirl recorded it); this is "
+            f"{here['cpu']} ({here['kind']}): if that is another kind of CPU, {tail}"
+        )
+    same = (recorded.get("cpu"), recorded.get("features")) == (here["cpu"], here["features"])
+    threads = recorded.get("threads")
+    if same and (threads is None or threads == torch_threads()):
+        return None
+    what = (
+        f"{recorded.get('cpu')} ({recorded.get('kind')}, {threads} threads)",
+        f"{here['cpu']} ({here['kind']}, {torch_threads()} threads)",
+    )
+    return (
+        f"trained on {what[0]}, retrained on {what[1]}: the kernels and the order of their "
+        f"floating-point sums differ between CPU kinds and thread counts, {tail}"
+    )
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _chain_run(record: dict, role: str, why: str) -> dict:
@@ -1094,18 +1157,31 @@ def retrain(
         if (workdir / name).is_dir():
             shutil.rmtree(workdir / name)
     provenance = record["model"].get("provenance") or {}
+    warning = cpu_kind_warning(provenance, cfg.retrain_tolerance)
+    if warning:
+        result.warnings.append(warning)
+    arithmetic = f"{provenance.get('precision')}" + (
+        " + channels_last" if provenance.get("channels_last") else ""
+    )
+    if provenance.get("precision") in ("fp32", "bf16"):
+        result.notes.append(f"trained in the recorded arithmetic: {arithmetic}")
     if bce:
         final = timed(
             "train baseline",
             train.run,
-            device(final_cfg),
+            device(as_trained(final_cfg, provenance)),
             folder,
             workdir / "phase2",
             progress=progress,
         )
     else:
         phase1_run, select_run = runs["phase1"], runs["select"]
-        phase1_cfg = device(_run_config(record, phase1_run, "train", tracking))
+        phase1_cfg = device(
+            as_trained(
+                _run_config(record, phase1_run, "train", tracking),
+                _stored_config(record, phase1_run, tracking),
+            )
+        )
         select_cfg = device(_run_config(record, select_run, "select", tracking))
         p1 = timed(
             "train phase 1", train.run, phase1_cfg, folder, workdir / "phase1", progress=progress
@@ -1129,7 +1205,7 @@ def retrain(
         final = timed(
             "train phase 2",
             train.run,
-            device(final_cfg),
+            device(as_trained(final_cfg, provenance)),
             folder,
             workdir / "phase2",
             init=p1.out / init,
@@ -1492,7 +1568,13 @@ def run(
             )
         data = located
     if verify:
-        checked = _verify(record, cfg, data, tracking, progress=progress)
+        from cirl.inference import subnormals_as_zero
+
+        # as the evaluate stage scored (a trained model's subnormal activations took a Xeon
+        # through its slow path: minutes instead of seconds); the retrain below runs in a
+        # fresh process, never in this mode
+        with subnormals_as_zero():
+            checked = _verify(record, cfg, data, tracking, progress=progress)
         checked.notes[:0] = notes
     if retrain:
         retrained = retrain_in_fresh_process(

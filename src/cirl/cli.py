@@ -57,13 +57,42 @@ def _print_json(payload: dict) -> None:
     print(json.dumps(payload, indent=2, default=str))
 
 
+def _bool_or_word(words: list[str]) -> Callable[[str], Any]:
+    """An argparse type: ``true``/``false`` as booleans, or one of ``words``."""
+
+    def convert(text: str) -> Any:
+        lowered = text.lower()
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0"):
+            return False
+        if lowered in words:
+            return lowered
+        raise argparse.ArgumentTypeError(
+            f"invalid choice {text!r} (choose from true, false, {', '.join(words)})"
+        )
+
+    return convert
+
+
 def _option_type(tp: Any) -> tuple[Any, dict[str, Any]]:
     """argparse keyword arguments for a config field annotation (None = a plain string)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        return _option_type(inner[0]) if len(inner) == 1 else (str, {})
+        if len(inner) == 1:
+            return _option_type(inner[0])
+        if bool in inner:  # true/false or a word (``channels_last: auto``)
+            words = [
+                str(v) for a in inner if typing.get_origin(a) is typing.Literal for v in a.__args__
+            ]
+            return _bool_or_word(words), {
+                "nargs": "?",
+                "const": True,
+                "metavar": "{" + ",".join(["true", "false", *words]) + "}",
+            }
+        return str, {}
     if origin is typing.Literal:
         values = [str(a) for a in args]
         return str, {"choices": values, "metavar": "{" + ",".join(values) + "}"}

@@ -19,6 +19,7 @@ Output folder (written to a temporary folder, moved into place when complete)::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -80,6 +81,7 @@ def run(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
     progress: bool = True,
+    on_tile: Callable[[dict, np.ndarray], None] | None = None,
 ) -> dict:
     """Evaluate ``checkpoint`` on ``cfg.split`` of ``data`` and write the report to ``out``.
 
@@ -89,6 +91,8 @@ def run(
         checkpoint: a checkpoint written by ``cirl train``.
         out: the evaluation folder (replaced when complete).
         progress: show a progress bar.
+        on_tile: called with each scored tile's item and probability map (how the audit
+            compares the ONNX model with the same probabilities without a second pass).
 
     Returns:
         The content of ``metrics.json``.
@@ -138,6 +142,8 @@ def run(
         name = item["tile_id"]
         by_name[name] = index
         metrics.add(name, prob, truth, valid)
+        if on_tile is not None:
+            on_tile(item, prob)
         if tolerant is not None:
             tolerant.add(name, prob, truth, valid)
 

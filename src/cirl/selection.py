@@ -78,6 +78,11 @@ class SelectConfig:
         split: the split to select on (``train``).
         overview: number of tiles in ``overview.png``.
         device: ``auto``, ``cpu`` or ``cuda``.
+        precision: the arithmetic of the model's forward pass on CPU: ``fp32``, ``bf16``
+            (bfloat16 autocast) or ``auto`` (the precision the checkpoint was trained in, which
+            ``cirl train`` timed on this machine: bf16 where it is the faster, fp32 elsewhere).
+            Recorded in ``summary.json``. ``fp32`` is the dataclass default so that selections
+            recorded before the option existed are repeated as they ran.
         verify_data: check the split's files against the manifest's SHA-256 first.
     """
 
@@ -90,9 +95,12 @@ class SelectConfig:
     split: Literal["train", "val", "test"] = "train"
     overview: int = 4
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     verify_data: bool = True
 
     def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"key 'precision' must be auto, fp32 or bf16, got {self.precision!r}")
         if self.rule not in ("variance", "error"):
             raise ValueError(f"key 'rule' must be variance or error, got {self.rule!r}")
         if self.gamma <= 0:
@@ -320,6 +328,16 @@ def diagnose(
 
 
 @torch.no_grad()
+def forward_precision(name: str, payload: dict, device: torch.device) -> str:
+    """``fp32`` or ``bf16``: the forward pass's precision (``auto``: as the model trained)."""
+    if device.type != "cpu":
+        return "fp32"
+    if name == "auto":
+        trained = (payload.get("provenance") or {}).get("precision")
+        return "bf16" if trained == "bf16" else "fp32"
+    return name
+
+
 def run(
     cfg: SelectConfig,
     data: str | os.PathLike,
@@ -337,7 +355,7 @@ def run(
     from cirl.data.tiles import TileDataset
     from cirl.inference import predict_prob
     from cirl.losses import clamp_log_var, marginal_region
-    from cirl.train import resolve_device
+    from cirl.train import _autocast, resolve_device
 
     data, out = Path(data), Path(out)
     payload = load_checkpoint(checkpoint)
@@ -350,6 +368,8 @@ def run(
     device = resolve_device(cfg.device)
     model = build_from_checkpoint(payload).to(device).eval()
     model.to(memory_format=torch.channels_last)
+    precision = forward_precision(cfg.precision, payload, device)
+    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
     dataset = TileDataset(data, cfg.split)
     if cfg.verify_data:
         from cirl.data.manifest import verify_files
@@ -384,12 +404,14 @@ def run(
             if not ring.any():  # no crack: nothing can be selected here
                 continue
             image = item["image"][None].to(device).contiguous(memory_format=torch.channels_last)
-            if cfg.rule == "variance":
-                prob, log_var = predict_prob(model, image, with_log_var=True)
-                score = clamp_log_var(log_var[0, 0].cpu().numpy(), LOG_VAR_CLAMP, soft_clamp)
-            else:
-                error, prob = view_error(model, image, item["mask"][None].to(device), cfg.views)
-                score = error[0, 0].cpu().numpy()
+            with _autocast(device, autocast_dtype):
+                if cfg.rule == "variance":
+                    prob, log_var = predict_prob(model, image, with_log_var=True)
+                    score = clamp_log_var(log_var[0, 0].cpu().numpy(), LOG_VAR_CLAMP, soft_clamp)
+                else:
+                    mask_t = item["mask"][None].to(device)
+                    error, prob = view_error(model, image, mask_t, cfg.views)
+                    score = error[0, 0].float().cpu().numpy()
             stored = encode(score)
             cv2.imwrite(str(tmp / maps / f"{item['tile_id']}.png"), stored)
             hist += np.histogram(decode(stored)[ring], bins=edges)[0]
@@ -475,6 +497,7 @@ def run(
             "checkpoint": str(checkpoint),
             "checkpoint_sha256": file_sha256(checkpoint),
             "checkpoint_epoch": int(payload.get("epoch", -1)) + 1,
+            "precision": precision,
             "tiles": len(dataset),
             "marginal_pixels": total_m,
             "selected_pixels": total_a,

@@ -99,12 +99,15 @@ class TrainConfig:
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         amp: mixed precision on CUDA (float16 autocast with a gradient scaler; ignored on CPU).
         precision: on CPU, ``fp32``, ``bf16`` (bfloat16 autocast of the forward pass, fp32
-            weights, optimizer and loss) or ``auto`` (``bf16`` where the CPU computes bfloat16
-            natively: AMX or AVX-512 BF16, else ``fp32``). The resolved value is recorded with
-            the run. Ignored on CUDA (``amp``). ``fp32`` is the dataclass default so that runs
-            recorded before the option existed retrain as they ran; ``params.yaml`` says ``auto``.
-        channels_last: NHWC memory format for the model and batches (faster convolutions on
-            CPU, numerically equivalent up to float rounding).
+            weights, optimizer and loss) or ``auto`` (the faster of the two for this run's
+            model, batch and crop, timed on this machine: :mod:`cirl.arithmetic`; bf16 only
+            when it beats fp32 by more than 5%). The resolved value and the timings are
+            recorded with the run, and a resumed or audited run reuses them. Ignored on CUDA
+            (``amp``). ``fp32`` is the dataclass default so that runs recorded before the
+            option existed retrain as they ran; ``params.yaml`` says ``auto``.
+        channels_last: NHWC memory format for the model and batches (``true``: faster
+            convolutions on most CPUs, numerically equivalent up to float rounding), ``false``
+            (NCHW) or ``auto`` (timed with ``precision``, as above; NCHW on CUDA).
         val_every: validate every N epochs (and at the last one).
         verify_data: check the train and val files against the manifest's SHA-256 before
             training (read once each; off only for data you trust and changed on purpose).
@@ -141,7 +144,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
-    channels_last: bool = False
+    channels_last: bool | Literal["auto"] = False
     val_every: int = 1
     verify_data: bool = True
 
@@ -173,6 +176,7 @@ class TrainConfig:
             "workers": self.workers >= 0,
             "device": self.device in ("auto", "cpu", "cuda"),
             "precision": self.precision in ("auto", "fp32", "bf16"),
+            "channels_last": self.channels_last in (True, False, "auto"),
             "val_every": self.val_every >= 1,
         }
         bad = [key for key, ok in checks.items() if not ok]
@@ -215,24 +219,44 @@ def resolve_device(name: str) -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (oneDNN's check: AMX or AVX-512 BF16)."""
+    """Whether oneDNN reports native bfloat16 (AMX or AVX-512 BF16). Reported by the
+    benchmarks only: it does not say that bf16 is faster here (:mod:`cirl.arithmetic`)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN
         return False
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """The autocast precision of the forward pass: ``fp16`` (CUDA amp), ``bf16`` or ``fp32``.
+def resolve_arithmetic(
+    cfg: TrainConfig, device: torch.device, side: int, recorded: dict | None = None
+) -> dict:
+    """The run's arithmetic: ``precision`` (``fp16`` CUDA amp, ``bf16`` or ``fp32``) and
+    ``channels_last``, with how they were chosen.
 
-    ``bf16`` requested on a CPU without native bfloat16 still runs (emulated, slower); ``auto``
-    only picks it where the CPU has it.
+    ``recorded`` (the provenance of the run being resumed) wins over a new measurement for
+    what the config leaves to ``auto``, so a resumed run computes as it started. On CPU the
+    rest is :func:`cirl.arithmetic.choose`; on CUDA ``amp`` decides and ``auto`` is NCHW.
     """
     if device.type != "cpu":
-        return "fp32"
-    if name == "auto":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return name
+        return {
+            "precision": "fp16" if cfg.amp and device.type == "cuda" else "fp32",
+            "channels_last": cfg.channels_last is True,
+            "why": f"{device.type}: amp {'on' if cfg.amp else 'off'}",
+        }
+    if recorded and recorded.get("precision") in ("fp32", "bf16"):
+        want = (recorded["precision"], bool(recorded.get("channels_last")))
+        from cirl.arithmetic import candidates
+
+        if want in candidates(cfg.precision, cfg.channels_last):
+            return {
+                **(recorded.get("arithmetic") or {}),
+                "precision": want[0],
+                "channels_last": want[1],
+                "why": "as recorded by the run resumed",
+            }
+    from cirl.arithmetic import choose
+
+    return choose(cfg, side)
 
 
 def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
@@ -498,15 +522,10 @@ def run(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    precision = "fp16" if use_amp else resolve_precision(cfg.precision, device)
-    autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    provenance["precision"] = precision
-    provenance["channels_last"] = cfg.channels_last
     history: list[dict] = []
     start_epoch, best_f1, best_epoch = 0, -1.0, -1
     last_path, best_path = out / "last.pt", out / "best.pt"
+    state = None
     if resume:
         if not last_path.is_file():
             raise CirlError(f"--resume: {last_path} not found; start without --resume")
@@ -528,6 +547,19 @@ def run(
                 f"--resume: {last_path} already holds {done} epochs, more than --epochs "
                 f"{cfg.epochs}; pass --epochs {done} or more"
             )
+    side = cfg.crop or int(train_set[0]["image"].shape[-1])
+    chosen = resolve_arithmetic(cfg, device, side, (state or {}).get("provenance"))
+    precision, channels_last = chosen["precision"], chosen["channels_last"]
+    autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    provenance["precision"] = precision
+    provenance["channels_last"] = channels_last
+    provenance["arithmetic"] = {k: v for k, v in chosen.items() if k not in ("setting", "machine")}
+    from cirl.arithmetic import machine
+
+    provenance["machine"] = {**machine(), "threads": torch.get_num_threads()}
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, list(state["history"])

@@ -1,0 +1,260 @@
+"""The training arithmetic chosen by measurement: precision and memory format of a step.
+
+``precision: auto`` and ``channels_last: auto`` (``TrainConfig``) are resolved here by timing the
+run's own training step (the configured model, loss, batch and crop: forward, loss, backward,
+Adam) in each candidate arithmetic on this machine: fp32 or bfloat16 autocast, NCHW or NHWC.
+Candidates alternate over a few rounds, so a change in the machine's load hits each alike; a
+candidate's time is the median of its rounds. The fastest wins, except that bf16 must beat the
+best fp32 candidate by more than :data:`MARGIN` (fp32 is the reference arithmetic, so a tie
+within the noise goes to it). Whether the CPU *has* bf16 instructions decides nothing: a Xeon
+with AVX-512 BF16 but no AMX trained 1.19x slower in bf16 than in fp32 + NHWC, an AMD EPYC with
+the same instructions 1.8x faster.
+
+The choice is cached per machine (CPU model, logical cores, threads), torch version, model,
+width, batch, crop and candidates in ``$XDG_CACHE_HOME/cirl/train-arithmetic.json``; a run
+records the choice with its timings (checkpoint provenance, ``config.json``, MLflow tags), and a
+resumed or audited run reuses the recorded choice instead of measuring again, so it computes
+what the recorded run computed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cirl.errors import CirlError
+
+log = logging.getLogger(__name__)
+
+MARGIN = 0.05
+"""bf16 is chosen only when its step is this much faster than the best fp32 step."""
+
+WARMUP = 2
+ROUNDS = 3
+PRUNE = 1.3
+"""After each round, arms slower than this times the fastest drop out of the race."""
+
+# The CPU features that decide how fast each arithmetic is (recorded with every run).
+FEATURES = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and name in (platform.processor(), platform.machine()):
+                name = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return name, flags
+
+
+def machine() -> dict[str, Any]:
+    """This machine's CPU as a run records it: model, logical cores, the features that decide
+    the speed of each arithmetic (``amx_bf16``, ``avx512_bf16``...), and a one-line kind."""
+    name, flags = _cpuinfo()
+    features = [f for f in FEATURES if f in flags]
+    if "amx_bf16" in flags:
+        kind = "AMX"
+    elif "avx512_bf16" in flags:
+        kind = "AVX-512 BF16, no AMX"
+    elif "avx512f" in flags:
+        kind = "AVX-512, no BF16"
+    elif "avx2" in flags:
+        kind = "AVX2"
+    else:
+        kind = platform.machine()
+    return {
+        "cpu": name,
+        "logical_cores": os.cpu_count(),
+        "features": features,
+        "kind": kind,
+        "arch": platform.machine(),
+    }
+
+
+def arm_name(precision: str, channels_last: bool) -> str:
+    return precision + ("+cl" if channels_last else "")
+
+
+def candidates(precision: str, channels_last: bool | str) -> list[tuple[str, bool]]:
+    """The (precision, channels_last) pairs a request leaves open."""
+    precisions = ["fp32", "bf16"] if precision == "auto" else [precision]
+    layouts = [False, True] if channels_last == "auto" else [bool(channels_last)]
+    return [(p, c) for p in precisions for c in layouts]
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "cirl" / "train-arithmetic.json"
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _write_cache(path: Path, key: str, entry: dict) -> None:
+    from cirl.staging import staged_file
+
+    try:
+        known = _read_cache(path)
+        known[key] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with staged_file(path) as tmp:
+            tmp.write_text(json.dumps(known, indent=2) + "\n")
+    except (OSError, CirlError) as exc:  # a read-only home: the choice is made, not kept
+        log.warning("could not cache the training arithmetic in %s (%s)", path, exc)
+
+
+def _probe_batch(cfg: Any, side: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    shape = (cfg.batch_size, 1, side, side)
+    mask = (torch.rand(shape, generator=g) > 0.98).float()
+    batch = {
+        "image": torch.rand((cfg.batch_size, 3, side, side), generator=g),
+        "mask": mask,
+        "valid": torch.ones(shape),
+    }
+    if cfg.loss == "cirl" and cfg.phase == 2:
+        # an ambiguous ring of ~2% of the pixels, so the CI term does its work
+        batch["ambiguous"] = (torch.rand(shape, generator=g) > 0.98).float() * (1 - mask)
+    return batch
+
+
+def time_steps(cfg: Any, side: int, arms: list[tuple[str, bool]], rounds: int = ROUNDS) -> dict:
+    """Median seconds per training step of each arm (after :data:`WARMUP` steps each)."""
+    from cirl.train import _autocast, _new_model, compute_loss
+
+    device = torch.device("cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        base = _new_model(cfg)
+    data = _probe_batch(cfg, side)
+    runs = {}
+    for precision, cl in arms:
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        model = copy.deepcopy(base).to(memory_format=fmt).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
+        image = data["image"].contiguous(memory_format=fmt)
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        runs[(precision, cl)] = (model, optimizer, image, dtype)
+
+    def step(arm: tuple[str, bool]) -> float:
+        model, optimizer, image, dtype = runs[arm]
+        t0 = time.perf_counter()
+        with _autocast(device, dtype):
+            output = model(image)
+        loss, _ = compute_loss(cfg, output, data, torch.Generator().manual_seed(0))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - t0
+
+    for arm in arms:
+        for _ in range(WARMUP):
+            step(arm)
+    times: dict[tuple[str, bool], list[float]] = {arm: [] for arm in arms}
+    racing = list(arms)
+    for _ in range(rounds):
+        for arm in racing:
+            times[arm].append(step(arm))
+        # an arm far behind the leader after a round cannot win: it is timed no further
+        best = min(statistics.median(times[arm]) for arm in racing)
+        racing = [arm for arm in racing if statistics.median(times[arm]) <= PRUNE * best]
+    return {arm: statistics.median(values) for arm, values in times.items()}
+
+
+def decide(seconds: dict[tuple[str, bool], float], margin: float = MARGIN) -> tuple[str, bool]:
+    """The fastest arm, with bf16 only when it beats the best fp32 arm by more than ``margin``."""
+    best = min(seconds, key=seconds.get)
+    fp32 = [arm for arm in seconds if arm[0] == "fp32"]
+    if best[0] != "fp32" and fp32:
+        best_fp32 = min(fp32, key=seconds.get)
+        if seconds[best] * (1 + margin) > seconds[best_fp32]:
+            return best_fp32
+    return best
+
+
+def choose(cfg: Any, side: int) -> dict[str, Any]:
+    """Resolve ``cfg.precision`` / ``cfg.channels_last`` on this CPU (see the module docstring).
+
+    Args:
+        cfg: the run's ``TrainConfig``.
+        side: the side of the training crops (the crop, or the tile side when ``crop`` is 0).
+
+    Returns:
+        ``precision``, ``channels_last``, and for a measured choice ``ms_per_step`` per arm,
+        ``why``, ``machine``, ``cached``, ``probe_seconds``.
+    """
+    arms = candidates(cfg.precision, cfg.channels_last)
+    if len(arms) == 1:
+        precision, cl = arms[0]
+        return {"precision": precision, "channels_last": cl, "why": "as configured"}
+    here = machine()
+    key_parts = {
+        "cpu": here["cpu"],
+        "logical_cores": here["logical_cores"],
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "model": cfg.model,
+        "width": cfg.width,
+        "batch": cfg.batch_size,
+        "side": side,
+        "arms": [arm_name(p, c) for p, c in arms],
+    }
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
+    cache = _cache_file()
+    known = _read_cache(cache).get(key)
+    if isinstance(known, dict) and {"precision", "channels_last"} <= set(known):
+        return {**known, "cached": True}
+    t0 = time.perf_counter()
+    seconds = time_steps(cfg, side, arms)
+    precision, cl = decide(seconds)
+    ms = {arm_name(p, c): round(1000 * s, 1) for (p, c), s in seconds.items()}
+    chosen = arm_name(precision, cl)
+    fastest = min(ms, key=ms.get)
+    why = f"measured here: {', '.join(f'{k} {v:.0f} ms' for k, v in ms.items())} per step"
+    if fastest != chosen:
+        why += f"; {fastest} is not faster than fp32 by more than {MARGIN:.0%}"
+    entry = {
+        "precision": precision,
+        "channels_last": cl,
+        "why": why,
+        "ms_per_step": ms,
+        "margin": MARGIN,
+        "setting": key_parts,
+        "machine": here,
+        "probe_seconds": round(time.perf_counter() - t0, 2),
+    }
+    _write_cache(cache, key, entry)
+    log.info("training arithmetic %s (%s)", chosen, why)
+    return {**entry, "cached": False}
