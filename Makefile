@@ -3,6 +3,13 @@
 #   make test   lint and the test suite
 # Both create .venv if missing and install everything the project needs into it.
 
+# uv writes no .pyc files at install, and where PYTHONDONTWRITEBYTECODE is set (as on this
+# project's machines) Python never writes them either: every process of the main job compiled
+# torch, mlflow and kfp from source again, about 5 s each of its 14 processes. The commands
+# below write them on first use instead, into .venv (a tenth of what uv --compile-bytecode
+# compiles up front, 30 s here; docs/benchmarks.md, "Where make run spends its time").
+unexport PYTHONDONTWRITEBYTECODE
+
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -44,16 +51,10 @@ export LOCK_TARGET_CHECK
 install: $(VENV)/.installed
 
 # No fallback to resolving afresh: a venv that resolved differently is what the lock prevents.
-# --compile-bytecode: uv, unlike pip, writes no .pyc files, and where PYTHONDONTWRITEBYTECODE is
-# set (as on this project's machines) Python never writes them either, so every process
-# compiled torch, mlflow and kfp from source again: about 5 s of each of the main job's 14
-# processes, against 30 s once here (docs/benchmarks.md, "Where make run spends its time").
 $(VENV)/.installed: $(LOCK) pyproject.toml | $(UV)
 	@$(BIN)/python -c "$$LOCK_TARGET_CHECK"
-	$(UV) pip sync -q --python $(BIN)/python --require-hashes --compile-bytecode $(UV_SOURCES) \
-		$(LOCK)
+	$(UV) pip sync -q --python $(BIN)/python --require-hashes $(UV_SOURCES) $(LOCK)
 	$(UV) pip install -q --python $(BIN)/python --offline --no-deps --no-build-isolation -e .
-	$(BIN)/python -m compileall -q src
 	$(UV) pip check --python $(BIN)/python || { echo "make install: the venv synced from" \
 		"$(LOCK) does not satisfy pyproject.toml: refresh it with 'make lock' (docs/install.md)" \
 		>&2; exit 1; }

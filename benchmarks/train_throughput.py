@@ -17,6 +17,10 @@ Arms alternate (round-robin over ``--repeats`` rounds; the best round of each ar
 so a change in the machine's load hits every arm alike. The ratios are the result; absolute
 times depend on the load of the machine.
 
+Then ``auto``: what ``precision: auto`` + ``channels_last: auto`` choose here
+(:func:`cirl.arithmetic.choose` with an empty cache, as on a new machine), how long its probe
+took, and the chosen arm's step and loop time as a ratio to the best arm's (goal <= 1.05).
+
     python benchmarks/train_throughput.py [--steps 20] [--repeats 3] [--data PREPARED]
 """
 
@@ -158,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
                     work = Path(tmp) / f"{name}_{round_}"
                     loop_s[name] = min(loop_s[name], time_loop(arm, data, args.steps * 2, work))
             print(f"round {round_ + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    auto = choose_auto(args.batch, args.crop)
+    best_step = min(step_s.values())
+    auto["step_ratio_to_best"] = step_s[auto["arm"]] / best_step
+    auto["best_step_arm"] = min(step_s, key=step_s.get)
+    if data is not None:
+        auto["loop_ratio_to_best"] = loop_s[auto["arm"]] / min(loop_s.values())
+        auto["best_loop_arm"] = min(loop_s, key=loop_s.get)
     rows = []
     for name in ARMS:
         row = {
@@ -184,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "repeats": args.repeats,
         "arms": rows,
+        "auto": auto,
     }
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -205,8 +217,53 @@ def main(argv: list[str] | None = None) -> int:
         if data is not None:
             line += f" {r['loop_ms']:.0f} | {r['loop_speedup']:.2f} | {r['loop_gflops']:.0f} |"
         print(line)
+    line = (
+        f"auto chose {auto['arm']} (probe {auto['probe_seconds']:.1f} s: {auto['why']}); its "
+        f"step is {auto['step_ratio_to_best']:.3f}x the best arm's ({auto['best_step_arm']})"
+    )
+    if "loop_ratio_to_best" in auto:
+        line += (
+            f", its loop {auto['loop_ratio_to_best']:.3f}x the best loop's "
+            f"({auto['best_loop_arm']})"
+        )
+    print(line + "; goal <= 1.05")
     print(f"wrote {out}")
     return 0
+
+
+def choose_auto(batch: int, crop: int) -> dict:
+    """``precision: auto`` + ``channels_last: auto`` as ``cirl train`` resolves them, measured
+    afresh (an empty cache)."""
+    import os
+
+    from cirl import arithmetic, train
+
+    cfg = train.TrainConfig(
+        model="unet-small",
+        loss="bce",
+        device="cpu",
+        batch_size=batch,
+        crop=crop,
+        precision="auto",
+        channels_last="auto",
+    )
+    before = os.environ.get("XDG_CACHE_HOME")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["XDG_CACHE_HOME"] = cache
+        try:
+            chosen = arithmetic.choose(cfg, crop)
+        finally:
+            if before is None:
+                os.environ.pop("XDG_CACHE_HOME")
+            else:
+                os.environ["XDG_CACHE_HOME"] = before
+    return {
+        "arm": arithmetic.arm_name(chosen["precision"], chosen["channels_last"]),
+        "why": chosen["why"],
+        "probe_ms_per_step": chosen["ms_per_step"],
+        "probe_seconds": chosen["probe_seconds"],
+        "machine": chosen["machine"],
+    }
 
 
 if __name__ == "__main__":

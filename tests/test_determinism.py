@@ -174,18 +174,29 @@ def test_fast_path_is_a_different_computation_from_fp32(inputs, tmp_path):
     assert max(deltas) < 0.05
 
 
-def test_auto_precision_follows_the_cpu(monkeypatch):
+def test_auto_arithmetic_is_measured_and_recorded_and_repeatable(inputs, tmp_path, monkeypatch):
+    """``auto`` is timed (not read off the CPU flags), recorded with the run, and two runs on
+    this machine (the second from the cache) give the same weights."""
     from cirl import train
 
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
-    assert train.resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
-    assert train.resolve_precision("auto", cpu) == "fp32"
-    assert train.resolve_precision("bf16", cpu) == "bf16"
-    assert train.resolve_precision("bf16", torch.device("cuda")) == "fp32"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    params = {**TRAIN, "loss": "bce", "precision": "auto", "channels_last": "auto"}
+    for name in ("a", "b"):
+        train.run(train.TrainConfig(**params), inputs[0], tmp_path / name, progress=False)
+    _same_weights(tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt")
+    first, second = (
+        load_checkpoint(tmp_path / name / "last.pt")["provenance"] for name in ("a", "b")
+    )
+    assert first["arithmetic"]["cached"] is False and second["arithmetic"]["cached"] is True
+    assert set(first["arithmetic"]["ms_per_step"]) == {"fp32", "fp32+cl", "bf16", "bf16+cl"}
+    for provenance in (first, second):
+        assert provenance["precision"] in ("fp32", "bf16")
+        assert isinstance(provenance["channels_last"], bool)
+        assert provenance["machine"]["cpu"] and "features" in provenance["machine"]
     with pytest.raises(ValueError, match="precision"):
         train.TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="channels_last"):
+        train.TrainConfig(channels_last="sometimes")
 
 
 def test_chain_is_identical_in_two_processes(inputs, tmp_path):

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 MARGIN = 0.05
 """bf16 is chosen only when its step is this much faster than the best fp32 step."""
 
-WARMUP = 2
+WARMUP = 1
 ROUNDS = 3
 PRUNE = 1.3
 """After each round, arms slower than this times the fastest drop out of the race."""

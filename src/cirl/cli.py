@@ -212,6 +212,7 @@ def _cmd_train(args: argparse.Namespace, cfg) -> int:
             progress=not args.quiet,
             on_epoch=run.on_epoch,
         )
+        run.set_tags(result.arithmetic_tags())
     last = result.history[-1] if result.history else {}
     payload = {
         "out": str(result.out),

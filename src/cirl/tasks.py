@@ -249,6 +249,7 @@ def train(
             progress=False,
             on_epoch=report,
         )
+        run.set_tags(result.arithmetic_tags())
     last = result.history[-1] if result.history else {}
     summary = {
         "phase": phase,
@@ -258,6 +259,8 @@ def train(
         "epochs": len(result.history),
         "last_loss": last.get("loss"),
         "resumed": resume,
+        "precision": result.provenance.get("precision"),
+        "channels_last": result.provenance.get("channels_last"),
     }
     model.metadata.update(summary)
     if metrics is not None:

@@ -207,6 +207,26 @@ class TrainResult:
     best_epoch: int
     best_val_f1: float
     history: list[dict] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+    def arithmetic_tags(self) -> dict[str, str]:
+        """The run's arithmetic and CPU as MLflow tags (``cirl.precision``, ``cirl.cpu``...)."""
+        prov = self.provenance
+        chosen = prov.get("arithmetic") or {}
+        here = prov.get("machine") or {}
+        tags = {
+            "cirl.precision": prov.get("precision"),
+            "cirl.channels_last": prov.get("channels_last"),
+            "cirl.arithmetic": chosen.get("why"),
+            "cirl.arithmetic_ms_per_step": json.dumps(chosen["ms_per_step"])
+            if chosen.get("ms_per_step")
+            else None,
+            "cirl.cpu": here.get("cpu"),
+            "cirl.cpu_kind": here.get("kind"),
+            "cirl.cpu_features": " ".join(here.get("features", [])) or None,
+            "cirl.cpu_threads": here.get("threads"),
+        }
+        return {k: str(v) for k, v in tags.items() if v is not None}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -670,4 +690,4 @@ def run(
             _write_json(out / "history.json", history)
             if on_epoch is not None:
                 on_epoch(record)
-    return TrainResult(out, best_path, last_path, best_epoch, best_f1, history)
+    return TrainResult(out, best_path, last_path, best_epoch, best_f1, history, provenance)
