@@ -32,6 +32,9 @@ TRAIN = {
     "max_pixels": 2048,
     "device": "cpu",
     "seed": 3,
+    # measured on this machine (cirl.arithmetic); the retrain must reuse what was recorded
+    "precision": "auto",
+    "channels_last": "auto",
 }
 CHAIN = ["prepare", "train phase 1", "select", "train phase 2", "evaluate", "export", "register"]
 
@@ -47,6 +50,7 @@ def chain(tmp_path_factory):
     for key in ("MLFLOW_TRACKING_URI", tracking.PARENT_RUN_ENV):
         patch.delenv(key, raising=False)
     patch.setenv(registry.CACHE_ENV, str(root / "cache"))
+    patch.setenv("XDG_CACHE_HOME", str(root / "xdg"))  # the arithmetic's cache, spawn sees it
     store = tracking.TrackingConfig(track=True, tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     raw, prep = root / "raw", root / "prep"
     synth.run(synth.SynthConfig(n=4, width=256, height=192), raw)
@@ -241,6 +245,21 @@ def test_command_line_verify_and_retrain(chain, tmp_path, capsys):
 
     uri = ["--tracking-uri", chain["store"].tracking_uri, "--device", "cpu", "-q"]
     out = tmp_path / "audit"
+    # The cache now says the opposite of what the training measured: a retrain that measured
+    # (or read the cache) instead of reusing the recorded arithmetic would compute other weights.
+    cache = chain["root"] / "xdg" / "cirl" / "train-arithmetic.json"
+    entries = json.loads(cache.read_text())
+    assert entries
+    recorded = {(e["precision"], e["channels_last"]) for e in entries.values()}
+    flipped = {
+        key: {
+            **e,
+            "precision": "fp32" if e["precision"] == "bf16" else "bf16",
+            "channels_last": not e["channels_last"],
+        }
+        for key, e in entries.items()
+    }
+    cache.write_text(json.dumps(flipped))
     code = main(
         ["audit", f"models:/{NAME}@champion", "--out", str(out), "--verify", "--retrain", *uri]
     )
@@ -261,6 +280,10 @@ def test_command_line_verify_and_retrain(chain, tmp_path, capsys):
         "evaluate",
     ]
     assert "bit-identical" in captured.out
+    ((precision, channels_last),) = recorded
+    arithmetic = precision + (" + channels_last" if channels_last else "")
+    assert f"trained in the recorded arithmetic: {arithmetic}" in retrained["notes"]
+    assert not any("retrained on" in w for w in retrained["warnings"])  # the same CPU
 
     changed = _corrupt_copy(chain["prep"], tmp_path / "copy", "test")
     code = main(

@@ -977,10 +977,12 @@ def _typed(cls: type, params: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _stored_config(record: dict, run: dict, tracking: TrackingConfig | None) -> dict:
+def _stored_config(
+    record: dict, run: dict, tracking: TrackingConfig | None, path: str = "config.json"
+) -> dict:
     client, _ = _store(record["uri"], _tracking(tracking))
     with tempfile.TemporaryDirectory() as tmp:
-        stored = _json_artifact(client, run["run_id"], "config.json", Path(tmp))
+        stored = _json_artifact(client, run["run_id"], path, Path(tmp))
     return stored if isinstance(stored, dict) else {}
 
 
@@ -1179,7 +1181,8 @@ def retrain(
         phase1_cfg = device(
             as_trained(
                 _run_config(record, phase1_run, "train", tracking),
-                _stored_config(record, phase1_run, tracking),
+                # the training's own config.json: its config and provenance
+                _stored_config(record, phase1_run, tracking, "outputs/config.json"),
             )
         )
         select_cfg = device(_run_config(record, select_run, "select", tracking))
