@@ -235,6 +235,7 @@ def choose_auto(batch: int, crop: int) -> dict:
     """``precision: auto`` + ``channels_last: auto`` as ``cirl train`` resolves them, measured
     afresh (an empty cache)."""
     import os
+    from unittest import mock
 
     from cirl import arithmetic, train
 
@@ -247,16 +248,11 @@ def choose_auto(batch: int, crop: int) -> dict:
         precision="auto",
         channels_last="auto",
     )
-    before = os.environ.get("XDG_CACHE_HOME")
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["XDG_CACHE_HOME"] = cache
-        try:
-            chosen = arithmetic.choose(cfg, crop)
-        finally:
-            if before is None:
-                os.environ.pop("XDG_CACHE_HOME")
-            else:
-                os.environ["XDG_CACHE_HOME"] = before
+    with (
+        tempfile.TemporaryDirectory() as cache,
+        mock.patch.dict(os.environ, {"XDG_CACHE_HOME": cache}),
+    ):
+        chosen = arithmetic.choose(cfg, crop)
     return {
         "arm": arithmetic.arm_name(chosen["precision"], chosen["channels_last"]),
         "why": chosen["why"],

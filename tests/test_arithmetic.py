@@ -127,9 +127,11 @@ def test_resume_reuses_the_recorded_arithmetic(tmp_path, monkeypatch):
 
 
 def test_machine_names_the_cpu_kind():
-    here = arithmetic.machine()
+    from cirl import host
+
+    here = host.cpu()
     assert here["logical_cores"] >= 1 and here["cpu"]
-    assert set(here["features"]) <= set(arithmetic.FEATURES)
+    assert set(here["features"]) <= set(host.FEATURES)
     if "amx_bf16" in here["features"]:
         assert here["kind"] == "AMX"
 
@@ -142,7 +144,9 @@ def test_audit_retrains_in_the_recorded_arithmetic_and_says_when_the_cpu_differs
     assert (same.precision, same.channels_last) == ("bf16", True)
     assert audit.as_trained(cfg, {"precision": "fp16"}) == cfg  # CUDA amp: as configured
     assert audit.as_trained(cfg, {}) == cfg
-    here = {**arithmetic.machine(), "threads": torch.get_num_threads()}
+    from cirl import host
+
+    here = {**host.cpu(), "threads": torch.get_num_threads()}
     assert audit.cpu_kind_warning({"machine": here}, 0.01) is None
     other = {**here, "cpu": "Intel(R) Xeon(R) Platinum 8481C", "kind": "AMX"}
     warning = audit.cpu_kind_warning({"machine": other}, 0.01)

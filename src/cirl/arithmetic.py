@@ -23,16 +23,13 @@ import copy
 import hashlib
 import json
 import logging
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from cirl.errors import CirlError
+from cirl import host
 
 log = logging.getLogger(__name__)
 
@@ -44,58 +41,7 @@ ROUNDS = 3
 PRUNE = 1.3
 """After each round, arms slower than this times the fastest drop out of the race."""
 
-# The CPU features that decide how fast each arithmetic is (recorded with every run).
-FEATURES = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-)
-
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and name in (platform.processor(), platform.machine()):
-                name = value.strip()
-            elif key in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return name, flags
-
-
-def machine() -> dict[str, Any]:
-    """This machine's CPU as a run records it: model, logical cores, the features that decide
-    the speed of each arithmetic (``amx_bf16``, ``avx512_bf16``...), and a one-line kind."""
-    name, flags = _cpuinfo()
-    features = [f for f in FEATURES if f in flags]
-    if "amx_bf16" in flags:
-        kind = "AMX"
-    elif "avx512_bf16" in flags:
-        kind = "AVX-512 BF16, no AMX"
-    elif "avx512f" in flags:
-        kind = "AVX-512, no BF16"
-    elif "avx2" in flags:
-        kind = "AVX2"
-    else:
-        kind = platform.machine()
-    return {
-        "cpu": name,
-        "logical_cores": os.cpu_count(),
-        "features": features,
-        "kind": kind,
-        "arch": platform.machine(),
-    }
+CACHE = "train-arithmetic.json"
 
 
 def arm_name(precision: str, channels_last: bool) -> str:
@@ -107,32 +53,6 @@ def candidates(precision: str, channels_last: bool | str) -> list[tuple[str, boo
     precisions = ["fp32", "bf16"] if precision == "auto" else [precision]
     layouts = [False, True] if channels_last == "auto" else [bool(channels_last)]
     return [(p, c) for p in precisions for c in layouts]
-
-
-def _cache_file() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "cirl" / "train-arithmetic.json"
-
-
-def _read_cache(path: Path) -> dict:
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return known if isinstance(known, dict) else {}
-
-
-def _write_cache(path: Path, key: str, entry: dict) -> None:
-    from cirl.staging import staged_file
-
-    try:
-        known = _read_cache(path)
-        known[key] = entry
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with staged_file(path) as tmp:
-            tmp.write_text(json.dumps(known, indent=2) + "\n")
-    except (OSError, CirlError) as exc:  # a read-only home: the choice is made, not kept
-        log.warning("could not cache the training arithmetic in %s (%s)", path, exc)
 
 
 def _probe_batch(cfg: Any, side: int) -> dict[str, torch.Tensor]:
@@ -219,7 +139,7 @@ def choose(cfg: Any, side: int) -> dict[str, Any]:
     if len(arms) == 1:
         precision, cl = arms[0]
         return {"precision": precision, "channels_last": cl, "why": "as configured"}
-    here = machine()
+    here = host.cpu()
     key_parts = {
         "cpu": here["cpu"],
         "logical_cores": here["logical_cores"],
@@ -232,9 +152,8 @@ def choose(cfg: Any, side: int) -> dict[str, Any]:
         "arms": [arm_name(p, c) for p, c in arms],
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
-    cache = _cache_file()
-    known = _read_cache(cache).get(key)
-    if isinstance(known, dict) and {"precision", "channels_last"} <= set(known):
+    known = host.recall(CACHE, key)
+    if known is not None and {"precision", "channels_last"} <= set(known):
         return {**known, "cached": True}
     t0 = time.perf_counter()
     seconds = time_steps(cfg, side, arms)
@@ -255,6 +174,6 @@ def choose(cfg: Any, side: int) -> dict[str, Any]:
         "machine": here,
         "probe_seconds": round(time.perf_counter() - t0, 2),
     }
-    _write_cache(cache, key, entry)
+    host.keep(CACHE, key, entry, "the training arithmetic")
     log.info("training arithmetic %s (%s)", chosen, why)
     return {**entry, "cached": False}

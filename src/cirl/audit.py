@@ -1013,10 +1013,12 @@ def as_trained(cfg: Any, provenance: dict | None) -> Any:
 
 def cpu_kind_warning(provenance: dict | None, tolerance: float) -> str | None:
     """Why bit-identical weights are not expected when the recorded CPU is another kind."""
-    from cirl.arithmetic import machine
+    import torch
+
+    from cirl.host import cpu
 
     recorded = (provenance or {}).get("machine")
-    here = machine()
+    here = {**cpu(), "threads": torch.get_num_threads()}
     tail = (
         f"so bit-identical weights are not expected: the retrain is judged by test F1 within "
         f"the retrain tolerance {tolerance:g} (every score within the exact tolerance applies "
@@ -1027,24 +1029,17 @@ def cpu_kind_warning(provenance: dict | None, tolerance: float) -> str | None:
             f"the training run recorded no CPU (trained before cirl recorded it); this is "
             f"{here['cpu']} ({here['kind']}): if that is another kind of CPU, {tail}"
         )
-    same = (recorded.get("cpu"), recorded.get("features")) == (here["cpu"], here["features"])
     threads = recorded.get("threads")
-    if same and (threads is None or threads == torch_threads()):
+    keys = ("cpu", "features") if threads is None else ("cpu", "features", "threads")
+    if all(recorded.get(k) == here[k] for k in keys):
         return None
-    what = (
-        f"{recorded.get('cpu')} ({recorded.get('kind')}, {threads} threads)",
-        f"{here['cpu']} ({here['kind']}, {torch_threads()} threads)",
-    )
+    what = [
+        f"{m.get('cpu')} ({m.get('kind')}, {m.get('threads')} threads)" for m in (recorded, here)
+    ]
     return (
         f"trained on {what[0]}, retrained on {what[1]}: the kernels and the order of their "
         f"floating-point sums differ between CPU kinds and thread counts, {tail}"
     )
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _chain_run(record: dict, role: str, why: str) -> dict:
@@ -1162,11 +1157,11 @@ def retrain(
     warning = cpu_kind_warning(provenance, cfg.retrain_tolerance)
     if warning:
         result.warnings.append(warning)
-    arithmetic = f"{provenance.get('precision')}" + (
-        " + channels_last" if provenance.get("channels_last") else ""
-    )
     if provenance.get("precision") in ("fp32", "bf16"):
-        result.notes.append(f"trained in the recorded arithmetic: {arithmetic}")
+        layout = " + channels_last" if provenance.get("channels_last") else ""
+        result.notes.append(
+            f"trained in the recorded arithmetic: {provenance['precision']}{layout}"
+        )
     if bce:
         final = timed(
             "train baseline",

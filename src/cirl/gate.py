@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from cirl.hashing import file_sha256
 log = logging.getLogger(__name__)
 
 GATE_KEY = "accuracy_gate"
+CACHE = "engine-choice.json"  # in $XDG_CACHE_HOME/cirl (cirl.host)
 METRICS: tuple[str, ...] = ("f1", "ods", "ap")
 PROTOCOL = (
     "per-image mean F1 at threshold 0.5 (the paper's protocol), ODS F1 and AP (pooled PR curve), "
@@ -96,15 +96,10 @@ def score(engine, data: str | os.PathLike, split: str, keep: bool = False) -> di
 
 def machine() -> str:
     """This machine's CPU, in words (the gate's speeds and the engine choice depend on it)."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} logical cores"
+    from cirl.host import cpu
+
+    here = cpu()
+    return f"{here['cpu']}, {here['logical_cores']} logical cores"
 
 
 def _candidates(int8: Path | None) -> dict[str, object]:
@@ -222,11 +217,6 @@ def gate_status(metadata: dict[str, str], engine: str) -> dict:
     return {"passed": bool(entry["passed"]), "reason": reason}
 
 
-def _cache_file() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "cirl" / "engine-choice.json"
-
-
 def _time_engine(engine, tile: int, batch: int, repeats: int) -> float:
     """Median seconds per tile of ``engine`` on a seeded ``(batch, 3, tile, tile)`` input."""
     x = np.random.default_rng(0).random((batch, 3, tile, tile), dtype=np.float32)
@@ -300,13 +290,11 @@ def choose_engine(
         "versions": _versions(),
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
-    cache = _cache_file()
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        return {**known[key], "cached": True}
+    from cirl import host
+
+    known = host.recall(CACHE, key)
+    if known is not None:
+        return {**known, "cached": True}
     from cirl.engine import load_engine
     from cirl.inference import subnormals_as_zero
 
@@ -325,15 +313,7 @@ def choose_engine(
         "ms_per_tile": timings,
         "machine": key_parts["machine"],
     }
-    known[key] = choice
-    try:
-        from cirl.staging import staged_file
-
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with staged_file(cache) as tmp:
-            tmp.write_text(json.dumps(known, indent=2) + "\n")
-    except OSError as exc:  # a read-only home: the choice is still made, only not kept
-        log.warning("could not cache the engine choice in %s (%s)", cache, exc)
+    host.keep(CACHE, key, choice, "the engine choice")
     return {**choice, "cached": False}
 
 

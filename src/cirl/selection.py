@@ -327,7 +327,6 @@ def diagnose(
     }
 
 
-@torch.no_grad()
 def forward_precision(name: str, payload: dict, device: torch.device) -> str:
     """``fp32`` or ``bf16``: the forward pass's precision (``auto``: as the model trained)."""
     if device.type != "cpu":
@@ -338,6 +337,7 @@ def forward_precision(name: str, payload: dict, device: torch.device) -> str:
     return name
 
 
+@torch.no_grad()
 def run(
     cfg: SelectConfig,
     data: str | os.PathLike,

@@ -576,9 +576,9 @@ def run(
     provenance["precision"] = precision
     provenance["channels_last"] = channels_last
     provenance["arithmetic"] = {k: v for k, v in chosen.items() if k not in ("setting", "machine")}
-    from cirl.arithmetic import machine
+    from cirl.host import cpu
 
-    provenance["machine"] = {**machine(), "threads": torch.get_num_threads()}
+    provenance["machine"] = {**cpu(), "threads": torch.get_num_threads()}
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
