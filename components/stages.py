@@ -183,17 +183,19 @@ def evaluate(
 def export_onnx(
     model: Input[Model],
     dataset: Input[Dataset],
+    evaluation: Input[Artifact],
     params: dict,
     code_version: str,
     tracking: dict,
     parent_run_id: str,
     onnx: Output[Model],
 ):
-    """The deployable ONNX model without the std head, checked against PyTorch."""
+    """The deployable ONNX model without the std head, checked against PyTorch, carrying the
+    decision threshold the evaluation calibrated on the validation split."""
     from cirl import tasks
 
     with tasks.task_errors("export"):
-        tasks.export(model, params, onnx, dataset, tracking, parent_run_id)
+        tasks.export(model, params, onnx, dataset, tracking, parent_run_id, evaluation)
 
 
 def register_model(

@@ -213,6 +213,7 @@ def build_pipeline(
             c.export_onnx(
                 model=phase2.outputs["checkpoint"],
                 dataset=data,
+                evaluation=evaluate.outputs["evaluation"],
                 params=export_params,
                 **run,
             ),

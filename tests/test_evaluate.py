@@ -207,3 +207,27 @@ def test_log_variance_encoding_round_trip():
     s = np.array([-12.0, -10.0, -3.21, 0.0, 4.5, 10.0, 11.0], np.float32)
     back = selection.decode_log_var(selection.encode_log_var(s))
     assert np.allclose(back, np.clip(s, -10, 10), atol=20 / 65535)
+
+
+def test_calibration_takes_the_validation_splits_best_threshold(oracle_data, monkeypatch):
+    """Crack probabilities of 0.305 score nothing at 0.5; the validation split's best threshold
+    (0.30, the grid's nearest to 0.5 with F1 = 1) is recorded, and the test split scored at it."""
+
+    def weak(model, image, with_log_var=False):
+        return image[:, :1] * 0.305
+
+    monkeypatch.setattr("cirl.inference.predict_prob", weak)
+    cfg = evaluate.EvaluateConfig(device="cpu", overlays=0)
+    summary = evaluate.run(cfg, oracle_data / "prep", oracle_data / "model.pt", oracle_data / "c")
+    calibration = summary["threshold_calibration"]
+    assert summary["f1"] == 0.0
+    assert calibration["split"] == "val" and calibration["images"] == 2
+    assert calibration["threshold"] == pytest.approx(0.30) and calibration["f1"] == 1.0
+    assert calibration["scored"]["split"] == "test" and calibration["scored"]["f1"] == 1.0
+    assert calibration["scored"]["pooled"]["f1"] == 1.0
+    none = evaluate.EvaluateConfig(device="cpu", overlays=0, calibrate="none")
+    again = evaluate.run(none, oracle_data / "prep", oracle_data / "model.pt", oracle_data / "n")
+    assert "threshold_calibration" not in again
+    on_val = evaluate.EvaluateConfig(device="cpu", overlays=0, split="val")
+    scored = evaluate.run(on_val, oracle_data / "prep", oracle_data / "model.pt", oracle_data / "v")
+    assert "threshold_calibration" not in scored  # a split does not calibrate itself

@@ -253,3 +253,70 @@ def test_predict_rejects_models_that_do_not_fit(exported, tmp_path):
             tmp_path / "o",
             False,
         )
+
+
+def _evaluation(folder, checkpoint, threshold):
+    """An evaluation folder of ``checkpoint`` whose validation split calibrated ``threshold``."""
+    from cirl.checkpoint import file_sha256
+
+    folder.mkdir()
+    metrics = {
+        "f1": 0.40,
+        "provenance": {"checkpoint_sha256": file_sha256(checkpoint)},
+        "threshold_calibration": {
+            "split": "val",
+            "images": 3,
+            "threshold": threshold,
+            "f1": 0.55,
+            "rule": "the val split's ODS threshold",
+            "scored": {"split": "test", "f1": 0.45, "pooled": {"f1": 0.5}},
+        },
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_calibrated_threshold_travels_from_evaluation_to_predict(exported, tmp_path):
+    """export --evaluation writes the threshold into the model; predict decides at it (auto),
+    as at the same number given, and says where it came from; a model without one uses 0.5."""
+    root, _ = exported
+    evaluation = _evaluation(tmp_path / "eval", root / "model.pt", 0.62)
+    calibrated = tmp_path / "calibrated.onnx"
+    export.run(export.ExportConfig(), root / "model.pt", calibrated, evaluation=evaluation)
+    meta = {e.key: e.value for e in onnx.load(str(calibrated)).metadata_props}
+    assert meta["decision_threshold"] == "0.62"
+    assert json.loads(meta["threshold_calibration"])["split"] == "val"
+    photos = tmp_path / "in"
+    photos.mkdir()
+    photo = np.random.default_rng(1).integers(60, 200, (160, 200, 3), dtype=np.uint8)
+    cv2.imwrite(str(photos / "p.png"), photo)
+
+    def masks(model, out, threshold):
+        cfg = predict.PredictConfig(engine="onnx", tile=64, overlap=16, threshold=threshold)
+        predict.run(cfg, photos, model, out, progress=False)
+        used = json.loads((out / "predictions.json").read_text())["threshold"]
+        prob = cv2.imread(str(out / "p_prob.png"), cv2.IMREAD_UNCHANGED)
+        return cv2.imread(str(out / "p_mask.png"), 0), prob, used
+
+    auto, prob, used = masks(calibrated, tmp_path / "auto", "auto")
+    assert used["value"] == pytest.approx(0.62) and "calibrated on the val split" in used["source"]
+    given, _, used_given = masks(calibrated, tmp_path / "given", 0.62)
+    assert np.array_equal(auto, given) and used_given["source"] == "given (--threshold)"
+    plain, _, used_plain = masks(root / "model.onnx", tmp_path / "plain", "auto")
+    assert used_plain["value"] == 0.5 and "no calibrated threshold" in used_plain["source"]
+    # the two thresholds split this model's probabilities differently
+    assert (prob >= 0.5 * 255).any() and not np.array_equal(auto, plain)
+
+
+def test_export_refuses_the_evaluation_of_another_checkpoint(exported, tmp_path):
+    root, _ = exported
+    other = tmp_path / "other.pt"
+    other.write_bytes((root / "model.pt").read_bytes() + b"\0")
+    evaluation = _evaluation(tmp_path / "eval", other, 0.62)
+    with pytest.raises(CirlError, match="scored another checkpoint"):
+        export.run(export.ExportConfig(), root / "model.pt", tmp_path / "m.onnx",
+                   evaluation=evaluation)  # fmt: skip
+    with pytest.raises(CirlError, match="not found"):
+        export.run(export.ExportConfig(), root / "model.pt", tmp_path / "m.onnx",
+                   evaluation=tmp_path / "missing")  # fmt: skip
+    assert not (tmp_path / "m.onnx").exists()

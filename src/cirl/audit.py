@@ -725,6 +725,8 @@ def _eval_config(record: dict, cfg: AuditConfig) -> Any:
     from cirl.evaluate import EvaluateConfig
 
     params = dict(record["evaluation"].get("params") or {})
+    # an evaluation recorded before the threshold calibration existed calibrated nothing
+    params.setdefault("calibrate", "none")
     params.update(
         split=record["data"].get("split") or params.get("split", "test"),
         device=cfg.device,

@@ -242,8 +242,14 @@ def _cmd_evaluate(args: argparse.Namespace, cfg) -> int:
 
     with subnormals_as_zero(), _tracked(args, "evaluate", cfg, data=args.data, out=args.out) as run:
         summary = evaluate.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
-    keys = ("f1", "precision", "recall", "ods", "ois", "ap", "protocol")
-    _print_json(_with_run({k: summary[k] for k in keys if k in summary}, run))
+    keys = ("f1", "precision", "recall", "ods", "ois", "ap")
+    shown = {k: summary[k] for k in keys if k in summary}
+    calibration = summary.get("threshold_calibration") or {}
+    if calibration.get("threshold") is not None:
+        shown["calibrated_threshold"] = calibration["threshold"]
+        shown["f1_calibrated"] = calibration["scored"]["f1"]
+    shown["protocol"] = summary["protocol"]
+    _print_json(_with_run(shown, run))
     return 0
 
 
@@ -252,7 +258,8 @@ def _cmd_export(args: argparse.Namespace, cfg) -> int:
     from cirl.inference import subnormals_as_zero
 
     with subnormals_as_zero(), _tracked(args, "export", cfg, out=args.out) as run:
-        result = export.run(cfg, args.checkpoint, args.out, data=args.data)
+        result = export.run(cfg, args.checkpoint, args.out, data=args.data,
+                            evaluation=args.evaluation)  # fmt: skip
     payload = {
         "out": str(result.out),
         "report": str(result.out) + ".json",
@@ -513,6 +520,13 @@ COMMANDS: tuple[Command, ...] = (
                 metavar="DIR",
                 help="prepared folder: the accuracy gate's split and the int8 calibration "
                 "(default: the folder recorded in the checkpoint, if still there)",
+            ),
+            arg(
+                "--evaluation",
+                metavar="DIR",
+                help="`cirl evaluate`'s folder of this checkpoint: its calibrated decision "
+                "threshold (the validation split's best) goes into the model, for `cirl "
+                "predict --threshold auto`",
             ),
             arg("--parent-run-id", metavar="ID", help="MLflow parent run (a pipeline run)"),
         ),

@@ -74,6 +74,9 @@ def _describe(path: Path, meta: dict[str, str]) -> dict:
     }
     if "quantization" in meta:
         description["quantization"] = json.loads(meta["quantization"])
+    if "decision_threshold" in meta:  # calibrated on the validation split (cirl export)
+        description["decision_threshold"] = float(meta["decision_threshold"])
+        description["threshold_calibration"] = json.loads(meta.get("threshold_calibration", "{}"))
     return description
 
 

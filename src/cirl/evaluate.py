@@ -44,6 +44,10 @@ class EvaluateConfig:
         empty_f1: F1 of an image with no crack and no prediction: 0.0 (JTFN) or 1.0.
         thresholds: number of thresholds of the ODS/OIS/AP sweep (k / (n + 1)).
         overlays: best and worst images to draw.
+        calibrate: the split whose best threshold (its ODS threshold) is the model's calibrated
+            decision threshold, recorded with the scores (and, scored at it, the split's F1),
+            carried by ``cirl export`` into the ONNX model and used by ``cirl predict``;
+            ``none``, or the scored split itself, records none.
         device: ``auto``, ``cpu`` or ``cuda``.
         verify_data: check the split's files against the manifest's SHA-256 first.
     """
@@ -54,6 +58,7 @@ class EvaluateConfig:
     empty_f1: float = 0.0
     thresholds: int = 99
     overlays: int = 4
+    calibrate: Literal["val", "train", "none"] = "val"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     verify_data: bool = True
 
@@ -72,6 +77,8 @@ class EvaluateConfig:
             raise ValueError(f"key 'overlays' must be >= 0, got {self.overlays}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"key 'device' must be auto, cpu or cuda, got {self.device!r}")
+        if self.calibrate not in ("val", "train", "none"):
+            raise ValueError(f"key 'calibrate' must be val, train or none, got {self.calibrate!r}")
 
 
 @torch.no_grad()
@@ -176,8 +183,53 @@ def run(
     }
     if tolerant is not None:
         extra["tolerant"] = tolerant.summary()
+    if cfg.calibrate not in ("none", cfg.split) and len(metrics):
+        extra["threshold_calibration"] = calibrate(cfg, data, model, device, metrics, progress)
     if len(metrics) == 0:  # pragma: no cover - TileDataset refuses an empty split
         raise CirlError(f"{data}: no images in split {cfg.split!r}")
     with staged_dir(out) as tmp:
         summary = write_report_into(tmp, metrics, overlays, extra)
     return summary
+
+
+def calibrate(cfg: EvaluateConfig, data: Path, model, device, scored, progress: bool) -> dict:
+    """The calibrated decision threshold: the best single threshold (ODS) of ``cfg.calibrate``,
+    and the scored split's scores at it (``scored``: its :class:`SegmentationMetrics`).
+
+    Returns:
+        ``split``, ``images``, ``threshold`` (None when the split has no images, with ``why``),
+        ``f1`` (the calibration split's pooled F1 at it) and ``scored`` (the scored split's
+        per-image and pooled scores at the threshold).
+    """
+    from cirl.data.tiles import TileDataset
+    from cirl.inference import predict_prob
+    from cirl.metrics import SegmentationMetrics
+
+    try:
+        dataset = TileDataset(data, cfg.calibrate)
+    except CirlError as exc:
+        return {"split": cfg.calibrate, "images": 0, "threshold": None, "why": str(exc)}
+    if cfg.verify_data:
+        from cirl.data.manifest import verify_files
+
+        verify_files(data, dataset.records)
+    metrics = SegmentationMetrics(cfg.threshold, cfg.thresholds, 0.0, cfg.empty_f1)
+    indices = range(len(dataset))
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=f"calibrate on {cfg.calibrate}", unit="image", leave=False)
+    for index in indices:
+        item = dataset[index]
+        prob = predict_prob(model, item["image"][None].to(device))[0, 0].cpu().numpy()
+        metrics.add(item["tile_id"], prob, item["mask"][0].numpy() > 0.5,
+                    item["valid"][0].numpy() > 0.5)  # fmt: skip
+    ods = metrics.summary()["ods"]
+    return {
+        "split": cfg.calibrate,
+        "images": len(metrics),
+        "threshold": ods["threshold"],
+        "f1": ods["f1"],
+        "rule": f"the {cfg.calibrate} split's ODS threshold (best pooled F1 over the grid)",
+        "scored": {"split": cfg.split, **scored.scores_at(ods["threshold"])},
+    }

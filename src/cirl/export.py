@@ -48,6 +48,9 @@ from cirl.errors import CirlError
 from cirl.gate import GATE_KEY
 from cirl.staging import staged_file
 
+CALIBRATION_KEYS = ("decision_threshold", "threshold_calibration")
+"""The metadata of the calibrated decision threshold (``cirl export --evaluation``)."""
+
 
 @dataclass(frozen=True)
 class ExportConfig:
@@ -193,6 +196,7 @@ def run(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
     data: str | os.PathLike | None = None,
+    evaluation: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out`` (``.onnx``), check it, and write it atomically.
 
@@ -202,6 +206,9 @@ def run(
         out: the ONNX file to write (a report ``OUT.json`` is written beside it).
         data: a prepared folder for the accuracy gate and the static calibration; default:
             the folder recorded in the checkpoint, when it is still there and unchanged.
+        evaluation: ``cirl evaluate``'s folder (or its ``metrics.json``) of this checkpoint:
+            its calibrated decision threshold goes into the metadata (``decision_threshold``,
+            ``threshold_calibration``), where ``cirl predict`` reads it.
 
     Returns:
         The path, the parity and the report.
@@ -235,6 +242,10 @@ def run(
         "cirl_version": __version__,
     }
     data = _gate_data(data, payload.get("provenance") or {}, cfg, report)
+    calibration = (
+        read_threshold_calibration(evaluation, report["checkpoint_sha256"]) if evaluation else None
+    )
+    report["threshold_calibration"] = calibration
     with staged_file(out, keep_suffix=True) as tmp:
         t0 = time.perf_counter()
         _export_graph(wrapper, cfg, stride, tmp)
@@ -248,7 +259,8 @@ def run(
             "input": "image: float32 (batch, 3, height, width) RGB in [0, 1]; height and width "
             f"multiples of {stride}",
             "output": "prob: float32 (batch, 1, height, width) crack probability (sigmoid "
-            "included); threshold 0.5 as in training and evaluation",
+            "included); crack where prob >= decision_threshold (0.5, the paper's protocol, "
+            "when the model records no calibration)",
             "model_config": json.dumps(model.config, sort_keys=True),
             "train_config": json.dumps(payload.get("config"), sort_keys=True),
             "provenance": json.dumps(payload.get("provenance"), sort_keys=True),
@@ -256,6 +268,9 @@ def run(
             "checkpoint_epoch": str(int(payload.get("epoch", -1)) + 1),
             "std_head": "removed",
         }
+        if calibration is not None:
+            meta["decision_threshold"] = f"{calibration['threshold']:g}"
+            meta["threshold_calibration"] = json.dumps(calibration, sort_keys=True)
         del proto.metadata_props[:]
         for key, value in meta.items():
             entry = proto.metadata_props.add()
@@ -292,6 +307,8 @@ def run(
             with staged_file(int8_path(out), keep_suffix=True) as tmp8:
                 report["int8"] = _quantize(tmp, tmp8, cfg, data)
                 report["int8"]["model"] = str(int8_path(out))
+                if calibration is not None:  # the int8 copy decides at the same threshold
+                    _set_metadata(tmp8, {k: meta[k] for k in CALIBRATION_KEYS})
                 gate = _gate(tmp, cfg, data, tmp8, report)
                 if gate is not None:
                     own = {**gate, "engines": {"onnx-int8": gate["engines"]["onnx-int8"]}}
@@ -341,6 +358,57 @@ def _gate_data(
         "pass --data PREPARED to run the accuracy gate"
     )
     return None
+
+
+def read_threshold_calibration(
+    evaluation: str | os.PathLike, checkpoint_sha256: str
+) -> dict | None:
+    """The calibrated decision threshold ``cirl evaluate`` recorded for this checkpoint.
+
+    Args:
+        evaluation: the evaluation folder or its ``metrics.json``.
+        checkpoint_sha256: the exported checkpoint's SHA-256; the evaluation must be of it.
+
+    Returns:
+        ``threshold``, ``split``, ``images``, ``f1`` (the calibration split's pooled F1 at it)
+        and the scored split's per-image F1 at it; None when the evaluation has no calibration
+        (``calibrate: none``, or no images in the split).
+
+    Raises:
+        CirlError: on a missing or unreadable file, or an evaluation of another checkpoint.
+    """
+    path = Path(evaluation)
+    if path.is_dir():
+        path = path / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CirlError(
+            f"--evaluation {path}: not found; pass the folder `cirl evaluate --out` wrote"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise CirlError(f"--evaluation {path}: not readable ({exc}); evaluate again") from None
+    scored = (metrics.get("provenance") or {}).get("checkpoint_sha256")
+    if scored != checkpoint_sha256:
+        raise CirlError(
+            f"--evaluation {path} scored another checkpoint (SHA-256 {str(scored)[:12]}, this "
+            f"one {checkpoint_sha256[:12]}); evaluate the checkpoint you export"
+        )
+    calibration = metrics.get("threshold_calibration") or {}
+    threshold = calibration.get("threshold")
+    if threshold is None:
+        return None
+    scored_split = calibration.get("scored") or {}
+    return {
+        "threshold": float(threshold),
+        "split": calibration.get("split"),
+        "images": calibration.get("images"),
+        "f1": calibration.get("f1"),
+        "rule": calibration.get("rule"),
+        "scored_split": scored_split.get("split"),
+        "scored_f1": scored_split.get("f1"),
+        "scored_f1_at_0.5": metrics.get("f1"),
+    }
 
 
 def _set_metadata(path: Path, values: dict[str, str]) -> None:

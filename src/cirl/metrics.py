@@ -324,6 +324,33 @@ class SegmentationMetrics:
             "crack": int(crack.sum()),
         }
 
+    def scores_at(self, threshold: float) -> dict:
+        """The paper's scores at another grid threshold (a calibrated one), from the histograms.
+
+        Args:
+            threshold: a value of the threshold grid (e.g. the validation split's ODS
+                threshold).
+
+        Returns:
+            ``threshold``; ``f1``, ``precision``, ``recall``, ``iou``: means over images;
+            ``pooled``: {precision, recall, f1, iou} from counts summed over images.
+        """
+        self._require_images()
+        index = np.flatnonzero(np.isclose(self.grid, threshold, rtol=0, atol=1e-12))
+        if index.size == 0:
+            raise ValueError(f"threshold {threshold} is not on the grid {self._grid_text}")
+        k = int(index[0])
+        hits, predicted, recalled, crack = self._curves()
+        counts = (hits[:, k], predicted[:, k], recalled[:, k], crack[:, 0])
+        each = prf_scores(*counts, self.empty_f1)
+        pooled = prf_scores(*(c.sum() for c in counts), self.empty_f1)
+        keys = ("f1", "precision", "recall", "iou")
+        return {
+            "threshold": float(self.grid[k]),
+            **{key: float(np.mean(getattr(each, key))) for key in keys},
+            "pooled": {key: float(getattr(pooled, key)) for key in keys},
+        }
+
     def per_image(self) -> list[dict]:
         """One row per image, in the order added.
 

@@ -480,6 +480,13 @@ def summary_text(out: str | os.PathLike) -> str:
             f"R {scores['recall']:.3f}), ODS {ods:.3f}, OIS {scores['ois']:.3f}, "
             f"AP {scores['ap']:.3f}"
         )
+        calibration = metrics.get("threshold_calibration") or {}
+        if calibration.get("threshold") is not None:
+            lines.append(
+                f"    decision threshold {calibration['threshold']:g} (the "
+                f"{calibration['split']} split's best): per-image F1 "
+                f"{calibration['scored']['f1']:.3f} there; predict decides at it"
+            )
     registration = record.get("registration") or {}
     if registration.get("registered"):
         promotion = registration.get("promotion") or {}

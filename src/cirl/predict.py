@@ -39,7 +39,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -67,7 +67,9 @@ class PredictConfig:
         tile: sliding-window tile side, a multiple of the model's stride.
         overlap: pixels shared by neighbouring tiles (blended), < tile.
         batch: tiles per forward pass.
-        threshold: crack where probability >= threshold.
+        threshold: crack where probability >= threshold; ``auto``: the model's calibrated
+            decision threshold (the validation split's best, recorded by ``cirl export
+            --evaluation``), else 0.5, the paper's protocol.
         threads: CPU threads of the engine (0 = its default).
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         mm_per_pixel: ground sampling distance; > 0 adds millimetre columns, 0 = unknown.
@@ -84,7 +86,7 @@ class PredictConfig:
     tile: int = 512
     overlap: int = 64
     batch: int = 4
-    threshold: float = 0.5
+    threshold: float | Literal["auto"] = "auto"
     threads: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mm_per_pixel: float = 0.0
@@ -110,8 +112,10 @@ class PredictConfig:
             )
         if self.batch < 1:
             raise ValueError(f"key 'batch' must be >= 1, got {self.batch}")
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"key 'threshold' must be in (0, 1), got {self.threshold}")
+        if self.threshold != "auto" and not 0 < self.threshold < 1:
+            raise ValueError(
+                f"key 'threshold' must be auto or a number in (0, 1), got {self.threshold}"
+            )
         if self.threads < 0:
             raise ValueError(f"key 'threads' must be >= 0, got {self.threads}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -177,7 +181,7 @@ def sliding_window(
     Args:
         image_rgb: ``(H, W, 3)`` uint8 RGB photo of any size.
         engine: an engine from :func:`cirl.engine.load_engine`.
-        cfg: tile, overlap, batch and threshold.
+        cfg: tile, overlap, batch and threshold (``auto``: the engine's model's).
 
     Returns:
         ``(prob8, mask, stats)``: ``(H, W)`` uint8 probability (value / 255), ``(H, W)`` bool
@@ -188,6 +192,7 @@ def sliding_window(
             f"tile {cfg.tile} is not a multiple of the model's stride {engine.stride}; "
             f"use --tile {cfg.tile // engine.stride * engine.stride or engine.stride}"
         )
+    threshold = decision_threshold(cfg, getattr(engine, "description", {}))["value"]
     h, w = image_rgb.shape[:2]
     T = cfg.tile
     ph, pw = max(T - h, 0), max(T - w, 0)
@@ -216,7 +221,7 @@ def sliding_window(
         lo, hi = base, min(upto, h)
         if hi > lo:
             part = p[: hi - lo, :w]
-            mask[lo:hi] = part >= cfg.threshold
+            mask[lo:hi] = part >= threshold
             prob8[lo:hi] = np.clip(np.rint(part * 255.0), 0, 255).astype(np.uint8)
         num = np.concatenate([num[rows:], np.zeros((rows, W), np.float32)])
         den = np.concatenate([den[rows:], np.zeros((rows, W), np.float32)])
@@ -546,6 +551,31 @@ def _prefetched(photos: list[_Photo], listing, folder: Path, skip: set[str]):
                 current.unlink(missing_ok=True)
 
 
+def decision_threshold(cfg: PredictConfig, model: dict) -> dict:
+    """The threshold a run uses: ``value`` and ``source`` (why that one).
+
+    Args:
+        cfg: the stage's parameters (``threshold`` a number, or ``auto``).
+        model: the engine's description (``decision_threshold`` where the model records one).
+    """
+    if cfg.threshold != "auto":
+        return {"value": float(cfg.threshold), "source": "given (--threshold)"}
+    recorded = model.get("decision_threshold")
+    if recorded is None:
+        return {
+            "value": 0.5,
+            "source": "0.5, the paper's protocol: the model records no calibrated threshold "
+            "(export it with `cirl export --evaluation EVAL`)",
+        }
+    calibration = model.get("threshold_calibration") or {}
+    return {
+        "value": float(recorded),
+        "source": f"calibrated on the {calibration.get('split', 'val')} split "
+        f"({calibration.get('images', '?')} images, pooled F1 "
+        f"{float(calibration.get('f1') or 0):.3f} there), recorded in the model",
+    }
+
+
 def run(
     cfg: PredictConfig,
     inputs: str | os.PathLike,
@@ -606,6 +636,9 @@ def run(
             f"tile {cfg.tile} is not a multiple of the model's stride {engine.stride}; "
             f"use --tile {max(cfg.tile // engine.stride, 1) * engine.stride}"
         )
+    threshold = decision_threshold(cfg, engine.description)
+    cfg = replace(cfg, threshold=threshold["value"])
+    log.info("threshold: %g (%s)", threshold["value"], threshold["source"])
     out = Path(out)
     writable_dir(out)
     result = PredictResult(out, engine=engine.name, engine_choice=choice)
@@ -648,6 +681,7 @@ def run(
         "model": engine.description,
         "engine": engine.name,
         "engine_choice": choice,
+        "threshold": threshold,
         "params": to_dict(cfg),
         "done": result.done,
         "skipped": result.skipped,

@@ -304,6 +304,12 @@ def register(
         {
             "cirl.checkpoint_sha256": meta["checkpoint_sha256"],
             "cirl.model_config": meta.get("model_config", ""),
+            # the threshold predict decides at (calibrated on the validation split), if any
+            **(
+                {"cirl.decision_threshold": meta["decision_threshold"]}
+                if meta.get("decision_threshold")
+                else {}
+            ),
             "test.split": split,
             "test.manifest_sha256": manifest,
             "test.data": str(provenance.get("data", "")),

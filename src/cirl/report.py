@@ -193,6 +193,17 @@ def _write_pr_curve(folder: Path, metrics: SegmentationMetrics, summary: Mapping
         color="C2",
         label=f"pooled F1 {pooled['f1']:.4f} at t = {metrics.threshold:g}",
     )
+    calibration = summary.get("threshold_calibration") or {}
+    if calibration.get("threshold") is not None:
+        at = calibration["scored"]["pooled"]
+        axes.plot(
+            at["recall"],
+            at["precision"],
+            "D",
+            color="C1",
+            label=f"pooled F1 {at['f1']:.4f} at the calibrated t = {calibration['threshold']:g} "
+            f"({calibration['split']} split's best)",
+        )
     axes.set(xlim=(0, 1.01), ylim=(0, 1.01), xlabel="recall", ylabel="precision")
     axes.legend(loc="lower left", fontsize=8)
     axes.set_title(

@@ -561,6 +561,16 @@ def evaluation_scores(result: Mapping[str, Any]) -> dict[str, float]:
         )
     elif isinstance(ods, int | float) and not isinstance(ods, bool):
         scores["ods"] = float(ods)
+    calibration = result.get("threshold_calibration")
+    if isinstance(calibration, Mapping) and calibration.get("threshold") is not None:
+        # the decision threshold of the validation split, and this split's scores at it
+        at = calibration.get("scored") or {}
+        scores["calibrated_threshold"] = float(calibration["threshold"])
+        scores.update({f"{k}_calibrated": v for k, v in _numbers(at, ("f1",)).items()})
+        if isinstance(at.get("pooled"), Mapping):
+            scores.update(
+                {f"pooled_{k}_calibrated": v for k, v in _numbers(at["pooled"], ("f1",)).items()}
+            )
     return scores
 
 

@@ -1,0 +1,73 @@
+"""The ablation benchmark's mechanics on a tiny set: every arm runs under the product's recipe,
+the mechanism numbers are written, and each arm is compared with the strongest BCE arm.
+
+The measurement itself (2,000 steps, DeepCrack and CFD, seeds 0-2) is benchmarks/ablation.py's
+job, not a test's: docs/benchmarks.md has its tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from cirl import synth
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation", REPO / "benchmarks" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recipe_is_the_products_train_group(ablation, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  pos_weight: 7.0\n  crack_crops: 0.25\n  model: unet\n")
+    recipe = ablation.recipe("params", params)
+    assert recipe == {"pos_weight": 7.0, "crack_crops": 0.25}  # the recipe keys only
+    assert ablation.recipe("plain", params)["precision"] == "bf16"
+    assert ablation.is_bce("bce_dice") and not ablation.is_bce("cirl_online")
+
+
+def test_tiny_ablation_runs_every_arm_and_writes_the_mechanism(ablation, tmp_path):
+    raw = tmp_path / "raw"
+    synth.run(synth.SynthConfig(n=8, width=128, height=128, seed=3), raw)
+    work = tmp_path / "work"
+    argv = [
+        "--source", str(raw), "--work", str(work), "--steps", "4", "--steps-per-epoch", "2",
+        "--seeds", "0,1", "--crop", "64", "--arms", "bce,bce_dice,cirl,cirl_online",
+        "--prepare-json", '{"split": [0.5, 0.25, 0.25]}', "--timing-repeats", "1",
+        "--train-json", '{"precision": "fp32", "channels_last": false}',
+    ]  # fmt: skip
+    assert ablation.main(argv) == 0
+    result = json.loads((work / "ablation.json").read_text())
+    assert set(result["table"]) == {"bce", "bce_dice", "cirl", "cirl_online"}
+    assert result["seeds"] == [0, 1]
+    # the product's recipe for every arm: params.yaml's class weight, crack crops and schedule
+    config = json.loads((work / "seed0" / "bce_dice" / "config.json").read_text())["train"]
+    assert config["pos_weight"] == 10.0 and config["dice"] == 1.0
+    assert config["lr_schedule"] == "cosine" and config["crack_crops"] == 0.5
+    online = json.loads((work / "seed0" / "phase2_cirl_online" / "config.json").read_text())
+    online = online["train"]
+    assert online["selection"] == "online" and online["pos_weight"] == 10.0
+    baseline = result["baseline"]
+    assert baseline in ("bce", "bce_dice")
+    assert result["table"][baseline]["f1"]["mean"] >= max(
+        result["table"][a]["f1"]["mean"] for a in ("bce", "bce_dice")
+    )
+    for arm, verdict in result["minus_baseline_f1"].items():
+        assert arm != baseline and len(verdict["per_seed"]) == 2
+        assert isinstance(verdict["beats_baseline"], bool)
+    for arm in ("cirl", "cirl_online"):
+        mechanism = result["table"][arm]["mechanism"]
+        for key in ("selected_fraction_of_m", "ring_fp_rate_after_phase1",
+                    "ring_fp_rate_after_phase2"):  # fmt: skip
+            assert 0.0 <= mechanism[key] <= 1.0
+    assert result["per_seed"]["0"]["cirl_online"]["mechanism"]["rule"] == "error"
+    table = (work / "ablation.md").read_text()
+    assert f"F1 - {baseline} per seed" in table and "| cirl_online |" in table
