@@ -7,6 +7,7 @@ config through the registry.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,20 @@ from cirl.staging import staged_file
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` (tensors, numbers, strings, lists, dicts) atomically to ``path``."""
     with staged_file(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except (RuntimeError, OSError) as exc:
+            # a full disk reaches us as torch's "basic_ios::clear: iostream error"
+            free = shutil.disk_usage(tmp.parent).free
+            reason = (
+                f"the disk is full ({free / 2**20:.1f} MiB free)"
+                if free < 64 * 2**20
+                else f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            )
+            raise CirlError(
+                f"could not write checkpoint {path}: {reason}; free space there or choose an "
+                "output on another disk (the previous checkpoint, if any, is kept)"
+            ) from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

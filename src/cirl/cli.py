@@ -51,6 +51,8 @@ class Command:
     args: tuple[Arg, ...] = ()
     quiet: bool = True
     extra_groups: tuple[str, ...] = ()
+    locks_out: bool = True
+    """One writer per ``--out`` (off where writers share it by design: sweep workers)."""
 
 
 def _print_json(payload: dict) -> None:
@@ -477,6 +479,7 @@ COMMANDS: tuple[Command, ...] = (
         "once, after the choice).",
         _cmd_sweep,
         group="sweep",
+        locks_out=False,  # workers share one --out and lock its trials themselves
         extra_groups=("tracking",),
         args=(
             arg("--data", required=True, metavar="DIR", help="prepared folder (train/val/test)"),
@@ -663,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
             config_options(p, _config_class(command.group))
             for extra in command.extra_groups:
                 config_options(p, _config_class(extra))
-        p.set_defaults(handler=_dispatch(command))
+        p.set_defaults(handler=_dispatch(command), reads_out=not command.locks_out)
     _add_extra_commands(sub)
     return parser
 
@@ -872,7 +875,7 @@ def _add_extra_commands(sub: argparse._SubParsersAction) -> None:
         description="Print a short summary of OUT/pipeline_run.json and the outputs.",
     )
     q.add_argument("--out", default="runs/pipeline", metavar="DIR", help="run folder")
-    q.set_defaults(handler=_cmd_pipeline_show)
+    q.set_defaults(handler=_cmd_pipeline_show, reads_out=True)
 
     for verb, text in (
         ("submit", "start one run on a Kubeflow Pipelines endpoint"),
@@ -897,6 +900,17 @@ def _add_extra_commands(sub: argparse._SubParsersAction) -> None:
             q.set_defaults(handler=_cmd_pipeline_schedule)
 
 
+def _output_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """One writer per ``--out``: the command's output folder or file is locked while it runs
+    (not for commands that only read it, such as ``pipeline show``, or share it, ``sweep``)."""
+    out = getattr(args, "out", None)
+    if not out or getattr(args, "reads_out", False) or str(out).startswith("s3://"):
+        return contextlib.nullcontext()
+    from cirl.staging import output_lock
+
+    return output_lock(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cirl`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -906,9 +920,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return args.handler(args)
+        with _output_lock(args):
+            return args.handler(args)
     except CirlError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the operating system's refusal on a path: no traceback either
+        from cirl.errors import describe_os_error
+
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; outputs of this run were not moved into place", file=sys.stderr)

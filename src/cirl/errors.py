@@ -6,3 +6,31 @@ class CirlError(Exception):
 
     The CLI prints it as ``error: <message>`` and exits with status 2.
     """
+
+
+_FIXES = {
+    "ENOSPC": "the disk is full: free space there, or choose an output on another disk",
+    "EDQUOT": "the disk quota is used up: free space there, or choose another output path",
+    "EROFS": "the file system is read-only: choose an output path on a writable one",
+    "EACCES": "permission denied: choose a path you can write to, or fix its permissions",
+    "EPERM": "not permitted: choose a path you can write to",
+    "ENOENT": "a folder on the way does not exist or cannot hold files: check the path",
+    "ENOTDIR": "a part of the path is a file, not a folder: check the path",
+    "EISDIR": "the path is a folder, not a file: check the path",
+    "ENAMETOOLONG": "the path is too long: choose a shorter one",
+    "EMFILE": "too many open files: raise the limit (ulimit -n)",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an ``OSError`` a user can act on: the path, what failed, the fix."""
+    import errno
+    import os
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    where = exc.filename if exc.filename is not None else "(no path given)"
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    what = exc.strerror or os.strerror(exc.errno or 0)
+    fix = _FIXES.get(name, "check the path and the disk")
+    return f"{where}: {what} [{name or type(exc).__name__}]; {fix}"

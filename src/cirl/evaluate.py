@@ -44,10 +44,10 @@ class EvaluateConfig:
         empty_f1: F1 of an image with no crack and no prediction: 0.0 (JTFN) or 1.0.
         thresholds: number of thresholds of the ODS/OIS/AP sweep (k / (n + 1)).
         overlays: best and worst images to draw.
-        calibrate: the split whose best threshold (its ODS threshold) is the model's calibrated
-            decision threshold, recorded with the scores (and, scored at it, the split's F1),
-            carried by ``cirl export`` into the ONNX model and used by ``cirl predict``;
-            ``none``, or the scored split itself, records none.
+        calibrate: the split whose best threshold (the one of its best per-image mean F1) is
+            the model's calibrated decision threshold, recorded with the scores (and the
+            scored split's scores at it), carried by ``cirl export`` into the ONNX model and
+            used by ``cirl predict``; ``none``, or the scored split itself, records none.
         device: ``auto``, ``cpu`` or ``cuda``.
         verify_data: check the split's files against the manifest's SHA-256 first.
     """
@@ -193,13 +193,14 @@ def run(
 
 
 def calibrate(cfg: EvaluateConfig, data: Path, model, device, scored, progress: bool) -> dict:
-    """The calibrated decision threshold: the best single threshold (ODS) of ``cfg.calibrate``,
-    and the scored split's scores at it (``scored``: its :class:`SegmentationMetrics`).
+    """The calibrated decision threshold: the grid threshold of ``cfg.calibrate``'s best
+    per-image mean F1, and the scored split's scores at it (``scored``: its
+    :class:`SegmentationMetrics`).
 
     Returns:
         ``split``, ``images``, ``threshold`` (None when the split has no images, with ``why``),
-        ``f1`` (the calibration split's pooled F1 at it) and ``scored`` (the scored split's
-        per-image and pooled scores at the threshold).
+        ``f1`` (the calibration split's per-image mean F1 at it) and ``scored`` (the scored
+        split's per-image and pooled scores at the threshold).
     """
     from cirl.data.tiles import TileDataset
     from cirl.inference import predict_prob
@@ -224,12 +225,13 @@ def calibrate(cfg: EvaluateConfig, data: Path, model, device, scored, progress: 
         prob = predict_prob(model, item["image"][None].to(device))[0, 0].cpu().numpy()
         metrics.add(item["tile_id"], prob, item["mask"][0].numpy() > 0.5,
                     item["valid"][0].numpy() > 0.5)  # fmt: skip
-    ods = metrics.summary()["ods"]
+    threshold, f1 = metrics.best_mean_f1()
     return {
         "split": cfg.calibrate,
         "images": len(metrics),
-        "threshold": ods["threshold"],
-        "f1": ods["f1"],
-        "rule": f"the {cfg.calibrate} split's ODS threshold (best pooled F1 over the grid)",
-        "scored": {"split": cfg.split, **scored.scores_at(ods["threshold"])},
+        "threshold": threshold,
+        "f1": f1,
+        "rule": f"the threshold of the {cfg.calibrate} split's best per-image mean F1 over the "
+        "grid (the paper's metric; ties: nearest the operating threshold)",
+        "scored": {"split": cfg.split, **scored.scores_at(threshold)},
     }

@@ -370,7 +370,7 @@ def read_threshold_calibration(
         checkpoint_sha256: the exported checkpoint's SHA-256; the evaluation must be of it.
 
     Returns:
-        ``threshold``, ``split``, ``images``, ``f1`` (the calibration split's pooled F1 at it)
+        ``threshold``, ``split``, ``images``, ``f1`` (the calibration split's per-image F1 at it)
         and the scored split's per-image F1 at it; None when the evaluation has no calibration
         (``calibrate: none``, or no images in the split).
 

@@ -571,7 +571,7 @@ def decision_threshold(cfg: PredictConfig, model: dict) -> dict:
     return {
         "value": float(recorded),
         "source": f"calibrated on the {calibration.get('split', 'val')} split "
-        f"({calibration.get('images', '?')} images, pooled F1 "
+        f"({calibration.get('images', '?')} images, per-image F1 "
         f"{float(calibration.get('f1') or 0):.3f} there), recorded in the model",
     }
 

@@ -5,6 +5,14 @@ complete output at the same path survives until the new one is ready. Temporarie
 writing process's id (``.NAME.partial-PID-*``): a run that was killed leaves one behind, and the
 next run writing NAME removes it (see :func:`clean_stale`).
 
+A finished folder replaces the previous one in one atomic step where the kernel can exchange
+two paths (Linux ``renameat2(RENAME_EXCHANGE)``); elsewhere in two renames, the previous output
+first set aside as ``.NAME.old-PID-*``: a run killed between them leaves no NAME, and the next
+run writing NAME (:func:`clean_stale`) puts the set-aside output back instead of deleting it.
+
+:func:`output_lock` keeps two cirl processes from writing one output at once (an advisory
+``.NAME.lock`` beside it; the second is refused with the holder's PID).
+
 The finished output gets the permissions a plain ``open()`` or ``mkdir()`` would have given it
 (0666 or 0777 less the umask), not the owner-only 0600/0700 of ``tempfile``'s temporaries, so
 models and predictions on a shared volume stay readable by the team.
@@ -13,6 +21,8 @@ models and predictions on a shared volume stay readable by the team.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cirl.errors import CirlError
+
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -79,8 +91,11 @@ def clean_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path
         folder: where the outputs are written.
         name: only the temporaries of this output name; None: of every output.
 
+    A set-aside previous output (``.NAME.old-PID-*``) whose NAME is missing, because its run
+    was killed between the two renames of a replacement, is moved back to NAME instead.
+
     Returns:
-        The removed paths.
+        The removed (or restored) paths.
     """
     import re
 
@@ -88,14 +103,20 @@ def clean_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    pattern = re.compile(r"^\.(?P<name>.+)\.(partial|old)-(?:(?P<pid>\d+)-)?")
-    for entry in folder.iterdir():
+    pattern = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?:(?P<pid>\d+)-)?")
+    for entry in sorted(folder.iterdir()):
         match = pattern.match(entry.name)
         if not match or (name is not None and match.group("name") != name):
             continue
         pid = match.group("pid")
         if pid is not None and _pid_alive(int(pid)):
             continue  # another run is writing it right now
+        final = folder / match.group("name")
+        if match.group("kind") == "old" and not final.exists() and not final.is_symlink():
+            os.rename(entry, final)
+            log.warning("restored %s: a run was killed while replacing it", final)
+            removed.append(entry)
+            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
@@ -143,14 +164,85 @@ def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _publish(tmp, 0o777)
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-{os.getpid()}-", dir=parent))
-        os.rmdir(old)
-        os.rename(final, old)
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    if exchange(tmp, final):  # one atomic step: tmp now holds the previous output
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-{os.getpid()}-", dir=parent))
+    os.rmdir(old)
+    os.rename(final, old)  # killed from here to the next line: clean_stale restores old
     os.rename(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two existing paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``).
+
+    Returns:
+        True when swapped; False where the C library, kernel or file system cannot exchange
+        (nothing is changed then).
+
+    Raises:
+        OSError: on any other failure (permissions, a missing path).
+    """
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not glibc >= 2.28, or not Linux
+        return False
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint)  # fmt: skip
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+@contextlib.contextmanager
+def output_lock(final: str | os.PathLike) -> Iterator[None]:
+    """Hold an advisory lock on the output ``final`` for the block: one writer at a time.
+
+    The lock is ``.NAME.lock`` beside ``final`` (``flock``; the kernel releases it when the
+    process ends, however it ends, so a killed run never leaves it held). The file stays.
+
+    Raises:
+        CirlError: when another process holds it, naming its PID and the fix.
+    """
+    import fcntl
+
+    final = Path(final)
+    parent = _writable_parent(final)
+    path = parent / f".{final.name}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise CirlError(
+            f"cannot create the lock {path}: {exc.strerror}; choose an output path in a "
+            "folder you can write to"
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise CirlError(
+                f"{final} is being written by another cirl process (PID {holder}); wait for "
+                "it to finish, or choose another output path"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -375,7 +375,7 @@ def calibration_sentence(summary: Mapping[str, Any]) -> str:
     at = calibration["scored"]
     return (
         f"Calibrated decision threshold {calibration['threshold']:g}: the {calibration['split']} "
-        f"split's best single threshold ({calibration['images']} images, pooled F1 "
+        f"split's best single threshold ({calibration['images']} images, per-image F1 "
         f"{calibration['f1']:.4f}). On the {at['split']} split at it: per-image F1 "
         f"{at['f1']:.4f} (at 0.5, the paper's protocol: {float(summary['f1']):.4f}), pooled F1 "
         f"{at['pooled']['f1']:.4f}. cirl predict decides at it (--threshold auto)."
