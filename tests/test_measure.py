@@ -354,6 +354,24 @@ def test_a_photo_sized_region_is_never_thinned(monkeypatch):
     assert len(regions) == 1 and regions[0]["pixels"] == 1536 * 2048
 
 
+def test_a_perforated_region_is_gated_on_the_width_that_would_be_measured(monkeypatch):
+    """Pinholes every 4 px keep the distance transform small (width 5 px) until they are
+    filled; filled, the region is 600 px wide and must be reported, not thinned."""
+    import cirl.measure
+
+    mask = np.ones((600, 800), bool)
+    mask[2::4, 2::4] = False  # one-pixel holes on a 4 px grid
+    mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = False
+
+    def no_thinning(*args, **kwargs):
+        raise AssertionError("a too-wide region reached the skeleton")
+
+    monkeypatch.setattr(cirl.measure, "_skeleton", no_thinning)
+    regions: list[dict] = []
+    assert measure_cracks(mask, max_width_px=200, too_wide=regions) == []
+    assert len(regions) == 1 and regions[0]["max_width_px"] > 500
+
+
 def test_ids_follow_length_then_top_left_pixel():
     mask = np.zeros((100, 300), bool)
     mask[10, 10:60] = True  # 50

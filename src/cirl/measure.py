@@ -453,22 +453,27 @@ def measure_cracks(
         component[1:-1, 1:-1] = labels[y0 : y0 + h, x0 : x0 + w] == label
         dist = cv2.distanceTransform(component, cv2.DIST_L2, 5)
         width = float(2.0 * dist.max() - 1.0)
+        where = {
+            "pixels": area,
+            "bbox": (x0, y0, x0 + w, y0 + h),
+            "centroid": (float(centroids[label][0]), float(centroids[label][1])),
+        }
         if max_width_px is not None and width > max_width_px:
             if too_wide is not None:
-                too_wide.append(
-                    {
-                        "pixels": area,
-                        "max_width_px": width,
-                        "bbox": (x0, y0, x0 + w, y0 + h),
-                        "centroid": (float(centroids[label][0]), float(centroids[label][1])),
-                    }
-                )
+                too_wide.append({**where, "max_width_px": width})
             continue
         # Pinholes (holes narrower than the crack) would split the skeleton into loops.
         hole_area = max(4.0, width**2)
         solid = _fill_holes(component, connectivity, hole_area)
         if solid is not component:
             dist = cv2.distanceTransform(solid, cv2.DIST_L2, 5)
+            # the width is measured on the filled component: gate that one too (a perforated
+            # region is narrow between its holes and photo-wide once they are filled)
+            width = float(2.0 * dist.max() - 1.0)
+            if max_width_px is not None and width > max_width_px:
+                if too_wide is not None:
+                    too_wide.append({**where, "max_width_px": width})
+                continue
         skeleton, graph = _skeleton(solid, dist)
         length = _skeleton_length(skeleton, graph, dist)
         ys, xs = np.nonzero(skeleton)
@@ -484,13 +489,11 @@ def measure_cracks(
             (
                 (-length, y0, x0 + first_x - 1),
                 {
-                    "pixels": area,
+                    **where,
                     "length_px": length,
                     "mean_width_px": mean_width,
                     "max_width_px": float(widths.max()),
                     "orientation_deg": 0.0 if orientation is None else orientation,
-                    "bbox": (x0, y0, x0 + w, y0 + h),
-                    "centroid": (float(centroids[label][0]), float(centroids[label][1])),
                 },
             )
         )
