@@ -189,3 +189,40 @@ def test_training_onto_a_full_disk_says_so_and_keeps_nothing_half_written(tmp_pa
     written = [p for p in tiny_disk.rglob("*") if ".partial-" in p.name]
     assert written == []  # no half-written checkpoint left on the disk
     assert not (out / "best.pt").exists() and not (out / "last.pt").exists()
+
+
+def test_predict_onto_a_full_disk_stops_with_every_finished_photo_complete(tmp_path, tiny_disk,
+                                                                           capsys):  # fmt: skip
+    import cv2
+    import numpy as np
+    import torch
+
+    from cirl import export
+    from cirl.checkpoint import save_checkpoint
+    from cirl.models import build_model
+    from cirl.predict import OUTPUT_SUFFIXES
+
+    torch.manual_seed(0)
+    model = build_model("unet-small", base_width=4, std_head=False)
+    save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(),
+                                        "model_config": dict(model.config)})  # fmt: skip
+    export.run(export.ExportConfig(gate=False), tmp_path / "m.pt", tmp_path / "m.onnx")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):  # noisy photos: their probability maps do not compress
+        cv2.imwrite(str(photos / f"p{i}.png"), rng.integers(0, 255, (512, 512, 3), np.uint8))
+    out = tiny_disk / "pred"
+    argv = ["predict", str(photos), "--model", str(tmp_path / "m.onnx"), "--out", str(out),
+            "--engine", "onnx", "--tile", "256", "--overlap", "32", "-q"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: stopped at ") and err.count("\n") == 1, err
+    assert "No space left on device" in err and "run the same command again" in err
+    names = {f"p{i}" for i in range(8)}
+    reported = {n for n in names if (out / f"{n}.json").is_file()}
+    assert 0 < len(reported) < 8  # some fitted, the rest did not
+    for n in names:  # a photo has all of its outputs (report last) or none
+        present = [(out / f"{n}{s}").exists() for s in OUTPUT_SUFFIXES]
+        assert all(present) if n in reported else not any(present), (n, present)
+    assert not [p for p in out.iterdir() if ".partial-" in p.name]

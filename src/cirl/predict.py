@@ -338,6 +338,9 @@ def predict_one(
         )
     mm = cfg.mm_per_pixel or None
     t0 = time.perf_counter()
+    # an earlier run's report goes first: until the new one is written last, this photo has
+    # no report, so a failure half-way never leaves new outputs under an old report
+    (out / f"{name}.json").unlink(missing_ok=True)
     _write_bytes(out / f"{name}_mask.png", _encode(".png", mask.view(np.uint8) * np.uint8(255)))
     _write_bytes(out / f"{name}_prob.png", _encode(".png", prob8))
     overlay = render_overlay(image_bgr, mask, cfg.overlay_alpha)
@@ -509,6 +512,31 @@ def _summary_row(photo: _Photo, status: str, report: dict | None, reason: str = 
     return row
 
 
+OUTPUT_SUFFIXES = ("_mask.png", "_prob.png", "_overlay.jpg", "_cracks.csv", ".json")
+"""The files of one photo ``NAME``: ``NAME`` + each suffix."""
+
+
+def _abandon(out: Path, photo: _Photo, rows: list[dict], result: PredictResult, exc: OSError):
+    """Stop a run whose outputs cannot be written: remove the photo's partial outputs, record
+    what is done where it still fits, and raise the one-line error with the fix."""
+    import contextlib
+
+    from cirl.errors import describe_os_error
+
+    for suffix in OUTPUT_SUFFIXES:
+        with contextlib.suppress(OSError):
+            (out / f"{photo.name}{suffix}").unlink(missing_ok=True)
+    message = describe_os_error(exc)
+    rows.append(_summary_row(photo, "failed", None, message))
+    with contextlib.suppress(OSError):  # the same disk: it may not fit either
+        _write_summary(out, rows)
+    raise CirlError(
+        f"stopped at {photo.source}: {message}. {len(result.done)} photo(s) done before it "
+        f"have complete outputs in {out}; run the same command again to go on (finished "
+        "photos are skipped)"
+    )
+
+
 def _write_summary(out: Path, rows: list[dict]) -> None:
     import csv
 
@@ -666,6 +694,8 @@ def run(
                 report = predict_one(local, photo.name, engine, cfg, out, photo)
                 result.done.append(photo.source)
                 rows.append(_summary_row(photo, "done", report))
+            except OSError as exc:  # the output refused (full disk, read-only): stop here
+                _abandon(out, photo, rows, result, exc)
             except CirlError as exc:
                 log.warning("skipped %s", exc)
                 result.failed.append({"image": photo.source, "reason": str(exc)})
