@@ -169,3 +169,78 @@ def test_key_cannot_escape_the_download_folder(tmp_path):
     assert remote._local_path(tmp_path, "p/images/a.jpg", "p/", "s3://b/p") == (
         tmp_path / "images" / "a.jpg"
     )
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory) -> Path:
+    import torch
+
+    from cirl import export
+    from cirl.checkpoint import save_checkpoint
+    from cirl.models import build_model
+
+    root = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    model = build_model("unet-small", base_width=4, std_head=False)
+    save_checkpoint(root / "m.pt", {"model": model.state_dict(),
+                                    "model_config": dict(model.config)})  # fmt: skip
+    export.run(export.ExportConfig(gate=False), root / "m.pt", root / "m.onnx")
+    return root / "m.onnx"
+
+
+def _predict(uri: str, model: Path, out: Path) -> list[str]:
+    from cirl.cli import main
+
+    return main(["predict", uri, "--model", str(model), "--out", str(out), "--engine", "onnx",
+                 "--tile", "128", "--overlap", "16", "-q"])  # fmt: skip
+
+
+def test_predict_names_a_bad_object_by_its_uri(s3_env, onnx_model, tmp_path, capsys):
+    client = s3_env.client()
+    client.put_object(Bucket=BUCKET, Key="mixed/bad.jpg", Body=b"this is a text file")
+    client.upload_file(str(next((Path(__file__).parent).glob("conftest.py"))), BUCKET,
+                       "mixed/notes.txt")  # fmt: skip
+    write_pair(tmp_path / "one", "good", 200, 150, seed=1)
+    client.upload_file(str(tmp_path / "one" / "images" / "good.jpg"), BUCKET, "mixed/good.jpg")
+    assert _predict(f"s3://{BUCKET}/mixed", onnx_model, tmp_path / "out") == 1
+    summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    (failed,) = summary["failed"]
+    assert failed["image"] == f"s3://{BUCKET}/mixed/bad.jpg"
+    assert (
+        failed["reason"].startswith(f"s3://{BUCKET}/mixed/bad.jpg")
+        and "cirl-predict" not in (failed["reason"])
+    )
+    assert summary["done"] == [f"s3://{BUCKET}/mixed/good.jpg"]
+
+
+def test_predict_gives_up_on_an_endpoint_that_stopped_answering(s3_env, onnx_model, tmp_path,
+                                                                monkeypatch, capsys):  # fmt: skip
+    """The server is paused after the listing: each photo's read times out, and after three in
+    a row the run stops with one line instead of waiting out every remaining photo."""
+    import signal
+    import time
+
+    import cirl.predict
+
+    monkeypatch.setenv("CIRL_S3_READ_TIMEOUT", "1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    listed = cirl.predict._inputs
+
+    def list_then_pause(inputs):
+        found = listed(inputs)
+        os.kill(s3_env.pid, signal.SIGSTOP)
+        return found
+
+    monkeypatch.setattr(cirl.predict, "_inputs", list_then_pause)
+    start = time.perf_counter()
+    try:
+        code = _predict(f"{URI}/images", onnx_model, tmp_path / "out")
+    finally:
+        os.kill(s3_env.pid, signal.SIGCONT)
+    seconds = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: gave up after 3 photos in a row"), err
+    assert "stopped answering" in err and f"{URI}/images/img0" in err
+    assert seconds < 60  # six photos at the default patience would wait minutes
+    rows = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 and all(",failed," in r for r in rows[1:])

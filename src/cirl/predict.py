@@ -49,6 +49,7 @@ import numpy as np
 from cirl import __version__
 from cirl.config import to_dict
 from cirl.data.images import IMAGE_SUFFIXES, read_image_with_notes
+from cirl.data.remote import EndpointError
 from cirl.errors import CirlError
 from cirl.staging import staged_file, writable_dir
 
@@ -512,6 +513,10 @@ def _summary_row(photo: _Photo, status: str, report: dict | None, reason: str = 
     return row
 
 
+MAX_ENDPOINT_FAILURES = 3
+"""Photos in a row whose download failed at the endpoint (not the object) before a run gives
+up: a store that stopped answering fails every remaining photo, each after its timeouts."""
+
 OUTPUT_SUFFIXES = ("_mask.png", "_prob.png", "_overlay.jpg", "_cracks.csv", ".json")
 """The files of one photo ``NAME``: ``NAME`` + each suffix."""
 
@@ -678,6 +683,7 @@ def run(
             if report is not None:
                 done_before[photo.name] = report
     bar = None
+    endpoint_failures = 0
     if progress:
         from tqdm import tqdm
 
@@ -692,14 +698,27 @@ def run(
                 if isinstance(local, CirlError):
                     raise local
                 report = predict_one(local, photo.name, engine, cfg, out, photo)
+                endpoint_failures = 0
                 result.done.append(photo.source)
                 rows.append(_summary_row(photo, "done", report))
             except OSError as exc:  # the output refused (full disk, read-only): stop here
                 _abandon(out, photo, rows, result, exc)
             except CirlError as exc:
-                log.warning("skipped %s", exc)
-                result.failed.append({"image": photo.source, "reason": str(exc)})
-                rows.append(_summary_row(photo, "failed", None, str(exc)))
+                # a downloaded photo is named by its s3:// URI, not the temporary copy's path
+                reason = str(exc)
+                if photo.remote is not None and isinstance(local, Path):
+                    reason = reason.replace(str(local), photo.source)
+                log.warning("skipped %s", reason)
+                result.failed.append({"image": photo.source, "reason": reason})
+                rows.append(_summary_row(photo, "failed", None, reason))
+                endpoint_failures = endpoint_failures + 1 if isinstance(exc, EndpointError) else 0
+                if endpoint_failures >= MAX_ENDPOINT_FAILURES:
+                    _write_summary(out, rows)
+                    raise CirlError(
+                        f"gave up after {endpoint_failures} photos in a row could not be "
+                        f"fetched: {reason}. {len(result.done)} photo(s) done have complete "
+                        f"outputs in {out}; run the same command again to go on"
+                    ) from None
             _write_summary(out, rows)
             if bar is not None:
                 bar.update(1)

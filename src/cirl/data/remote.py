@@ -102,13 +102,33 @@ def _max_attempts() -> int:
         ) from None
 
 
+class EndpointError(CirlError):
+    """The S3 endpoint did not answer (refused, timed out, dropped the connection): a fault of
+    the store, not of the object, so a run that meets it repeatedly gives up."""
+
+
+def _read_timeout() -> float:
+    text = os.environ.get("CIRL_S3_READ_TIMEOUT", "20")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise CirlError(
+            f"CIRL_S3_READ_TIMEOUT={text!r} is not a number of seconds > 0; set it (e.g. 20) "
+            "or unset it"
+        )
+    return value
+
+
 def s3_client():
     """A boto3 S3 client configured from the environment.
 
     Path-style addressing when a custom endpoint is set (S3-compatible stores are usually
     reached by host name or IP, where bucket-as-subdomain does not resolve); short connect
     timeout and 3 attempts (``AWS_MAX_ATTEMPTS`` overrides) so an unreachable endpoint fails
-    in seconds, not minutes.
+    in seconds, not minutes; a read that gets no data for ``CIRL_S3_READ_TIMEOUT`` (20) s
+    fails too (a server that stopped answering mid-run), and is retried like a connect.
     """
     import boto3
     from botocore.config import Config
@@ -116,7 +136,7 @@ def s3_client():
     endpoint = _endpoint()
     config = Config(
         connect_timeout=5,
-        read_timeout=60,
+        read_timeout=_read_timeout(),
         retries={"max_attempts": _max_attempts(), "mode": "standard"},
         s3={"addressing_style": "path"} if endpoint else {},
         max_pool_connections=_THREADS * 2,
@@ -134,9 +154,15 @@ def _error(uri: str, bucket: str, exc: Exception) -> CirlError:
     if isinstance(
         exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ProxyConnectionError
     ):
-        return CirlError(
+        return EndpointError(
             f"{uri}: cannot reach the S3 endpoint {where}; check AWS_ENDPOINT_URL "
             "(scheme, host and port) and that the server is running and reachable"
+        )
+    if isinstance(exc, bx.ReadTimeoutError | bx.ConnectionClosedError):
+        return EndpointError(
+            f"{uri}: the S3 endpoint {where} stopped answering (no data for "
+            f"{_read_timeout():g} s, {_max_attempts()} attempt(s)); check that the server is "
+            "up and not overloaded (CIRL_S3_READ_TIMEOUT and AWS_MAX_ATTEMPTS set the patience)"
         )
     if isinstance(exc, bx.ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
