@@ -30,6 +30,17 @@ def test_truncated_jpeg_and_png_are_named(tmp_path):
             read_image(path)
 
 
+def test_a_file_whose_content_is_not_its_name_says_what_it_holds(tmp_path):
+    (tmp_path / "notes.jpg").write_text("inspection notes, not a photo\n")
+    with pytest.raises(ImageReadError, match=r"notes\.jpg: not a JPEG image, the file holds text"):
+        read_image(tmp_path / "notes.jpg")
+    color = np.zeros((8, 8, 3), np.uint8)
+    png = _save(tmp_path / "p.png", color)
+    (tmp_path / "renamed.jpg").write_bytes(png.read_bytes())
+    with pytest.raises(ImageReadError, match="not a JPEG image, the file holds a PNG image"):
+        read_image(tmp_path / "renamed.jpg")
+
+
 def test_corrupt_empty_and_missing_files(tmp_path):
     (tmp_path / "bad.bmp").write_bytes(b"not an image at all")
     with pytest.raises(ImageReadError, match=r"bad\.bmp: not a readable image"):

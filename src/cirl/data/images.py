@@ -29,11 +29,46 @@ def _read_bytes(path: Path) -> bytes:
         raise ImageReadError(f"{path}: cannot read ({exc.strerror})") from None
 
 
+_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"BM", "a BMP image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"<", "HTML or XML text"),
+)
+
+
+def _content(data: bytes) -> str:
+    """What the bytes are, from their first bytes: an image kind, text, or unknown."""
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "a WebP image"
+    head = data[:512]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown binary data"
+    return "text" if all(c.isprintable() or c in "\r\n\t" for c in text) else "unknown data"
+
+
 def _check_complete(path: Path, data: bytes) -> None:
-    """Detect truncated JPEG/PNG files, which OpenCV would otherwise decode partly and silently."""
+    """Detect truncated JPEG/PNG files, which OpenCV would otherwise decode partly and silently,
+    and files whose content is not what their name says."""
     if not data:
         raise ImageReadError(f"{path}: file is empty; replace it with a complete copy")
     suffix = path.suffix.lower()
+    expected = {".jpg": "a JPEG image", ".jpeg": "a JPEG image", ".png": "a PNG image"}
+    if suffix in expected and _content(data) != expected[suffix]:
+        raise ImageReadError(
+            f"{path}: not {expected[suffix]}, the file holds {_content(data)}; replace it "
+            "with the photo, or remove it"
+        )
     if suffix in (".jpg", ".jpeg"):
         tail = data[-4096:].rstrip(b"\x00\r\n\t ")
         if not tail.endswith(b"\xff\xd9"):
