@@ -322,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         out, args.params, args.profile, args.image, cpu=args.cpu, memory=args.memory, gpus=args.gpus
     )
     print(out)
+    if args.out is None and not args.profile:  # the copy cirl ships, for runs outside a checkout
+        shipped = REPO / "src" / "cirl" / "packaged" / "training.yaml"
+        shipped.write_text(out.read_text())
+        print(shipped)
     return 0
 
 

@@ -297,6 +297,9 @@ def test_command_line_verify_and_retrain(chain, tmp_path, capsys):
 
     assert main(["audit", f"models:/{NAME}@gold", "--out", str(out), *uri]) == 2
     assert "error: cannot audit" in capsys.readouterr().err
+    nowhere = tmp_path / "never-made"
+    assert main(["audit", f"models:/{NAME}@gold", "--out", str(nowhere), *uri]) == 2
+    assert not nowhere.exists()  # an unknown model leaves no empty report folder
 
 
 def test_at_a_time_audits_the_version_that_held_the_alias_then(chain, tmp_path, capsys):

@@ -41,6 +41,20 @@ def test_committed_pipeline_yaml_is_what_the_code_compiles(tmp_path, profile, na
     )
 
 
+def test_the_shipped_pipeline_is_the_committed_one_and_found_outside_a_checkout(
+    tmp_path, monkeypatch
+):
+    from cirl import pipeline
+
+    shipped = REPO / "src" / "cirl" / "packaged" / "training.yaml"
+    assert shipped.read_text() == PACKAGE.read_text(), "run `python pipelines/training.py`"
+    monkeypatch.chdir(tmp_path)  # no pipelines/ here
+    found = pipeline.default_package()
+    assert found.is_file() and found.read_text() == PACKAGE.read_text()
+    monkeypatch.chdir(REPO)
+    assert pipeline.default_package() == Path("pipelines") / "training.yaml"
+
+
 def _subparser(name: str) -> argparse.ArgumentParser:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     return sub.choices[name]

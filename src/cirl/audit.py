@@ -218,7 +218,9 @@ def _store(uri: str, tracking: TrackingConfig) -> tuple[Any, str]:
             tracking.tracking_uri, tracking.tracking_timeout, tracking.experiment, must_exist=True
         )
     except CirlError as exc:
-        raise CirlError(f"cannot audit {uri}: {exc}") from None
+        # the store's hint names stage commands' --track, which the audit has no use for
+        message = str(exc).replace(", or run without --track", "")
+        raise CirlError(f"cannot audit {uri}: {message}") from None
 
 
 def _resolve(client: Any, store: str, uri: str) -> tuple[Any, str | None]:
@@ -1555,8 +1557,8 @@ def run(
     """
     from cirl.staging import staged_file, writable_dir
 
+    record = lineage(uri, tracking)  # first: an unknown model leaves no report folder
     out = writable_dir(out)
-    record = lineage(uri, tracking)
     checked = retrained = None
     notes = []
     if verify or retrain:

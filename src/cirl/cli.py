@@ -681,6 +681,8 @@ def _pipeline_arguments(args: argparse.Namespace) -> dict:
     from cirl import pipeline
 
     arguments: dict[str, Any] = {}
+    if args.package is None:
+        args.package = str(pipeline.default_package())
     if getattr(args, "source", None):
         source = args.source
         if "://" not in source:  # local tasks run in other folders: make it absolute
@@ -705,6 +707,8 @@ def _package(args: argparse.Namespace, tmp_dir: str) -> str:
     """The package to use: ``--package``, with every task's image replaced by ``--image``."""
     from cirl import pipeline
 
+    if args.package is None:
+        args.package = str(pipeline.default_package())
     if not args.image:
         return args.package
     warning = pipeline.check_image_reference(args.image)
@@ -819,9 +823,10 @@ def _add_extra_commands(sub: argparse._SubParsersAction) -> None:
         )
         q.add_argument(
             "--package",
-            default="pipelines/training.yaml",
+            default=None,
             metavar="YAML",
-            help="compiled pipeline (default pipelines/training.yaml)",
+            help="compiled pipeline (default: pipelines/training.yaml here, else the one "
+            "shipped with cirl)",
         )
         q.add_argument("--params", metavar="FILE", help="params.yaml: one group per stage")
         q.add_argument(

@@ -123,6 +123,17 @@ def stage_arguments(
     return arguments
 
 
+def default_package() -> Path:
+    """The compiled training pipeline to run when none is named: ``pipelines/training.yaml``
+    of the checkout in the working directory, else the copy shipped in the package."""
+    here = Path("pipelines") / "training.yaml"
+    if here.is_file():
+        return here
+    from importlib.resources import files
+
+    return Path(str(files("cirl.packaged") / "training.yaml"))
+
+
 def load_package(package: str | os.PathLike) -> dict:
     """The compiled pipeline YAML as a dict (the pipeline spec; a platform spec may follow).
 

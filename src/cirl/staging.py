@@ -11,7 +11,7 @@ first set aside as ``.NAME.old-PID-*``: a run killed between them leaves no NAME
 run writing NAME (:func:`clean_stale`) puts the set-aside output back instead of deleting it.
 
 :func:`output_lock` keeps two cirl processes from writing one output at once (an advisory
-``.NAME.lock`` beside it; the second is refused with the holder's PID).
+lock per output path; the second is refused with the holder's PID).
 
 The finished output gets the permissions a plain ``open()`` or ``mkdir()`` would have given it
 (0666 or 0777 less the umask), not the owner-only 0600/0700 of ``tempfile``'s temporaries, so
@@ -71,6 +71,15 @@ def _writable_parent(final: Path) -> Path:
             "choose an output path in a folder you can write to"
         )
     return parent
+
+
+def _cannot_create(final: Path, exc: OSError) -> CirlError:
+    """The output could not even be started in its folder (a virtual file system, a full or
+    read-only disk): say so about the output, not about the temporary name."""
+    from cirl.errors import describe_os_error
+
+    reason = describe_os_error(exc).split(": ", 1)[1]
+    return CirlError(f"cannot create output {final}: {reason}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -157,7 +166,10 @@ def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
         )
     parent = _writable_parent(final)
     clean_stale(parent, final.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=parent))
+    except OSError as exc:
+        raise _cannot_create(final, exc) from None
     try:
         yield tmp
     except BaseException:
@@ -211,35 +223,39 @@ def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 def output_lock(final: str | os.PathLike) -> Iterator[None]:
     """Hold an advisory lock on the output ``final`` for the block: one writer at a time.
 
-    The lock is ``.NAME.lock`` beside ``final`` (``flock``; the kernel releases it when the
-    process ends, however it ends, so a killed run never leaves it held). The file stays.
+    The lock is a file named by the output's resolved path under ``$TMPDIR/cirl-locks`` (so
+    nothing is added beside the outputs, and no folder is made before the command's own
+    checks); ``flock``, which the kernel releases when the process ends, however it ends, so a
+    killed run never leaves it held. One machine's processes see each other's locks.
 
     Raises:
         CirlError: when another process holds it, naming its PID and the fix.
     """
     import fcntl
+    import hashlib
 
     final = Path(final)
-    parent = _writable_parent(final)
-    path = parent / f".{final.name}.lock"
+    key = hashlib.sha256(os.fsencode(final.resolve())).hexdigest()[:32]
+    folder = Path(tempfile.gettempdir()) / "cirl-locks"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise CirlError(
-            f"cannot create the lock {path}: {exc.strerror}; choose an output path in a "
-            "folder you can write to"
-        ) from None
+        folder.mkdir(mode=0o1777, exist_ok=True)
+        fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # no lock where the temporary folder cannot hold one: the work goes on
+        log.warning("no lock for %s: %s is not writable", final, folder)
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = os.pread(fd, 32, 0).decode(errors="replace").split()
             raise CirlError(
-                f"{final} is being written by another cirl process (PID {holder}); wait for "
-                "it to finish, or choose another output path"
+                f"{final} is being written by another cirl process (PID "
+                f"{holder[0] if holder else 'unknown'}); wait for it to finish, or choose "
+                "another output path"
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {final.resolve()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
@@ -260,11 +276,14 @@ def staged_file(final: str | os.PathLike, keep_suffix: bool = False) -> Iterator
     final = Path(final)
     parent = _writable_parent(final)
     clean_stale(parent, final.name)
-    fd, name = tempfile.mkstemp(
-        prefix=f".{final.name}.partial-{os.getpid()}-",
-        suffix=final.suffix if keep_suffix else "",
-        dir=parent,
-    )
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=f".{final.name}.partial-{os.getpid()}-",
+            suffix=final.suffix if keep_suffix else "",
+            dir=parent,
+        )
+    except OSError as exc:
+        raise _cannot_create(final, exc) from None
     os.close(fd)
     tmp = Path(name)
     try:
