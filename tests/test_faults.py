@@ -153,17 +153,47 @@ def test_os_errors_name_the_path_and_the_fix():
     assert "read-only" in describe_os_error(OSError(errno.EROFS, "Read-only", "/ro/a"))
 
 
+def _mounted(path: Path, options: str):
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    return path
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 2 MiB tmpfs (root only; skipped where mounting is not allowed)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    mount = _mounted(tmp_path / "disk", "size=2m")
     try:
         yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_an_output_on_a_read_only_file_system_is_one_line(tmp_path, capsys):
+    mount = _mounted(tmp_path / "ro", "ro,size=1m")
+    try:
+        for i in range(4):
+            write_pair(tmp_path / "raw", f"p{i}", 64, 64, i)
+        argv = [
+            "prepare",
+            "--source",
+            str(tmp_path / "raw"),
+            "--format",
+            "folder",
+            "--out",
+            str(mount / "prepared"),
+            "--tile",
+            "0",
+            "--split",
+            "0.5,0.25,0.25",
+        ]
+        assert main(argv) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and str(mount) in err
+        assert "not writable" in err
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
