@@ -256,3 +256,8 @@ def test_predict_onto_a_full_disk_stops_with_every_finished_photo_complete(tmp_p
         present = [(out / f"{n}{s}").exists() for s in OUTPUT_SUFFIXES]
         assert all(present) if n in reported else not any(present), (n, present)
     assert not [p for p in out.iterdir() if ".partial-" in p.name]
+    if (out / "predictions.json").is_file():  # where it still fitted: it says the run stopped
+        import json
+
+        recorded = json.loads((out / "predictions.json").read_text())
+        assert "No space left" in recorded["stopped"] and len(recorded["done"]) == len(reported)

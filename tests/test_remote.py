@@ -244,3 +244,5 @@ def test_predict_gives_up_on_an_endpoint_that_stopped_answering(s3_env, onnx_mod
     assert seconds < 60  # six photos at the default patience would wait minutes
     rows = (tmp_path / "out" / "summary.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 and all(",failed," in r for r in rows[1:])
+    recorded = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert recorded["stopped"].startswith("gave up") and len(recorded["failed"]) == 3

@@ -688,53 +688,66 @@ def run(
         from tqdm import tqdm
 
         bar = tqdm(total=len(photos), desc="predict", unit="photo", initial=len(done_before))
-    with tempfile.TemporaryDirectory(prefix="cirl-predict-") as folder:
-        for photo, local in _prefetched(photos, listing, Path(folder), set(done_before)):
-            if photo.name in done_before:
-                result.skipped.append(photo.source)
-                rows.append(_summary_row(photo, "skipped", done_before[photo.name]))
-                continue
-            try:
-                if isinstance(local, CirlError):
-                    raise local
-                report = predict_one(local, photo.name, engine, cfg, out, photo)
-                endpoint_failures = 0
-                result.done.append(photo.source)
-                rows.append(_summary_row(photo, "done", report))
-            except OSError as exc:  # the output refused (full disk, read-only): stop here
-                _abandon(out, photo, rows, result, exc)
-            except CirlError as exc:
-                # a downloaded photo is named by its s3:// URI, not the temporary copy's path
-                reason = str(exc)
-                if photo.remote is not None and isinstance(local, Path):
-                    reason = reason.replace(str(local), photo.source)
-                log.warning("skipped %s", reason)
-                result.failed.append({"image": photo.source, "reason": reason})
-                rows.append(_summary_row(photo, "failed", None, reason))
-                endpoint_failures = endpoint_failures + 1 if isinstance(exc, EndpointError) else 0
-                if endpoint_failures >= MAX_ENDPOINT_FAILURES:
-                    _write_summary(out, rows)
-                    raise CirlError(
-                        f"gave up after {endpoint_failures} photos in a row could not be "
-                        f"fetched: {reason}. {len(result.done)} photo(s) done have complete "
-                        f"outputs in {out}; run the same command again to go on"
-                    ) from None
-            _write_summary(out, rows)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(engine=engine.name, failed=len(result.failed), refresh=False)
+
+    def record(stopped: str | None = None) -> None:
+        summary = {
+            "model": engine.description,
+            "engine": engine.name,
+            "engine_choice": choice,
+            "threshold": threshold,
+            "params": to_dict(cfg),
+            "done": result.done,
+            "skipped": result.skipped,
+            "failed": result.failed,
+            **({"stopped": stopped} if stopped else {}),
+        }
+        _write_bytes(out / "predictions.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="cirl-predict-") as folder:
+            for photo, local in _prefetched(photos, listing, Path(folder), set(done_before)):
+                if photo.name in done_before:
+                    result.skipped.append(photo.source)
+                    rows.append(_summary_row(photo, "skipped", done_before[photo.name]))
+                    continue
+                try:
+                    if isinstance(local, CirlError):
+                        raise local
+                    report = predict_one(local, photo.name, engine, cfg, out, photo)
+                    endpoint_failures = 0
+                    result.done.append(photo.source)
+                    rows.append(_summary_row(photo, "done", report))
+                except OSError as exc:  # the output refused (full disk, read-only): stop here
+                    _abandon(out, photo, rows, result, exc)
+                except CirlError as exc:
+                    # a downloaded photo is named by its s3:// URI, not the temporary copy's path
+                    reason = str(exc)
+                    if photo.remote is not None and isinstance(local, Path):
+                        reason = reason.replace(str(local), photo.source)
+                    log.warning("skipped %s", reason)
+                    result.failed.append({"image": photo.source, "reason": reason})
+                    rows.append(_summary_row(photo, "failed", None, reason))
+                    at_endpoint = isinstance(exc, EndpointError)
+                    endpoint_failures = endpoint_failures + 1 if at_endpoint else 0
+                    if endpoint_failures >= MAX_ENDPOINT_FAILURES:
+                        _write_summary(out, rows)
+                        raise CirlError(
+                            f"gave up after {endpoint_failures} photos in a row could not be "
+                            f"fetched: {reason}. {len(result.done)} photo(s) done have complete "
+                            f"outputs in {out}; run the same command again to go on"
+                        ) from None
+                _write_summary(out, rows)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(engine=engine.name, failed=len(result.failed), refresh=False)
+    except CirlError as stop:  # the run stopped (outputs refused, endpoint gone): say so there
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            record(str(stop))
+        raise
     if bar is not None:
         bar.close()
     _write_summary(out, rows)
-    summary = {
-        "model": engine.description,
-        "engine": engine.name,
-        "engine_choice": choice,
-        "threshold": threshold,
-        "params": to_dict(cfg),
-        "done": result.done,
-        "skipped": result.skipped,
-        "failed": result.failed,
-    }
-    _write_bytes(out / "predictions.json", (json.dumps(summary, indent=2) + "\n").encode())
+    record()
     return result
