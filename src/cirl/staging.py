@@ -58,6 +58,12 @@ def _publish(path: Path, mode: int) -> None:
 
 def _writable_parent(final: Path) -> Path:
     parent = final.parent
+    blocking = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise CirlError(
+            f"cannot create output {final}: {blocking} is a file, not a folder; choose "
+            "another output path, or move the file away"
+        )
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
