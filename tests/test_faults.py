@@ -261,3 +261,21 @@ def test_predict_onto_a_full_disk_stops_with_every_finished_photo_complete(tmp_p
 
         recorded = json.loads((out / "predictions.json").read_text())
         assert "No space left" in recorded["stopped"] and len(recorded["done"]) == len(reported)
+
+
+def test_audit_of_an_unreachable_store_names_its_own_options(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "audit"
+    argv = ["audit", "models:/cirl-crack@champion", "--tracking-uri",
+            f"http://127.0.0.1:{port}", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: cannot audit models:/cirl-crack@champion")
+        and "--tracking-uri" in err
+    )
+    assert "--track" not in err.replace("--tracking-uri", "") and not out.exists()
