@@ -279,3 +279,21 @@ def test_audit_of_an_unreachable_store_names_its_own_options(tmp_path, capsys):
         and "--tracking-uri" in err
     )
     assert "--track" not in err.replace("--tracking-uri", "") and not out.exists()
+
+
+def test_preparing_onto_a_full_disk_names_the_output_and_removes_the_partial(
+    tmp_path, tiny_disk, capsys
+):
+    for i in range(6):
+        write_pair(tmp_path / "raw", f"p{i}", 700, 700, i)
+    out = tiny_disk / "prepared"
+    argv = ["prepare", "--source", str(tmp_path / "raw"), "--format", "folder", "--out",
+            str(out), "--tile", "0", "--split", "0.5,0.25,0.25", "--png-level", "0",
+            "-q"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: writing {out}: No space left on device [ENOSPC]; the disk is full: "
+        "free space there, or choose an output on another disk\n"
+    )
+    assert list(tiny_disk.iterdir()) == []  # the partial folder is gone, nothing else written

@@ -933,7 +933,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the operating system's refusal on a path: no traceback either
         from cirl.errors import describe_os_error
 
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"error: {describe_os_error(exc, getattr(args, 'out', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; outputs of this run were not moved into place", file=sys.stderr)

@@ -22,13 +22,23 @@ _FIXES = {
 }
 
 
-def describe_os_error(exc: OSError) -> str:
-    """One line for an ``OSError`` a user can act on: the path, what failed, the fix."""
+def describe_os_error(exc: OSError, output: object = None) -> str:
+    """One line for an ``OSError`` a user can act on: the path, what failed, the fix.
+
+    Args:
+        exc: the error.
+        output: the command's output, named when the error carries no path of its own.
+    """
     import errno
     import os
 
     name = errno.errorcode.get(exc.errno or 0, "")
-    where = exc.filename if exc.filename is not None else "(no path given)"
+    if exc.filename is not None:
+        where = exc.filename
+    elif output is not None:
+        where = f"writing {output}"
+    else:
+        where = "(no path given)"
     if exc.filename2 is not None:
         where = f"{where} -> {exc.filename2}"
     what = exc.strerror or os.strerror(exc.errno or 0)
