@@ -63,6 +63,7 @@ PHASE1 = {
     "paper": {},
     "logistic": {"aseg_form": "logistic", "std_init": "lambda", "std_clamp": "soft"},
     "aseg": {"phase1_loss": "aseg"},
+    "paper_dice": {"dice": 1.0},  # the paper's phase I with the Dice term of bce_dice
 }
 # arm -> (phase-I form, selection (cirl select flags), phase-II TrainConfig keys)
 # a BCE arm is a dict of TrainConfig keys (one phase, all steps); a CIRL arm a triple
@@ -80,6 +81,12 @@ ARMS: dict[str, tuple[str, dict, dict] | dict] = {
         {"selection": "online", "ci_reduction": "batch"},
     ),
     "cirl_aseg_error": ("aseg", {"rule": "error", "lam": 0.3}, {}),
+    # online selection with bce_dice's Dice term in both phases: CIRL against BCE + Dice
+    "cirl_online_dice": (
+        "paper_dice",
+        {"rule": "error", "lam": 0.3},
+        {"selection": "online", "ci_reduction": "batch", "dice": 1.0},
+    ),
 }
 DEFAULT_ARMS = "bce,bce_dice,cirl,cirl_online"
 # the training recipe every arm shares. ``params``: the product's own (params.yaml's train

@@ -55,6 +55,28 @@ def test_the_shipped_pipeline_is_the_committed_one_and_found_outside_a_checkout(
     assert pipeline.default_package() == Path("pipelines") / "training.yaml"
 
 
+def test_show_says_loudly_when_phase_two_had_no_ambiguous_pixel(tmp_path):
+    from cirl import pipeline
+
+    out = tmp_path / "run"
+    (out / "select").mkdir(parents=True)
+    (out / "phase2").mkdir()
+    record = {"status": "succeeded", "seconds": 1, "runner": "subprocess", "metrics": {},
+              "run_dir": str(tmp_path)}  # fmt: skip
+    (out / "pipeline_run.json").write_text(json.dumps(record))
+    empty = {"rule": "variance", "threshold": 0.4, "selected_fraction": 0.0,
+             "warnings": ["no pixel of the marginal ring has sigma^2 > gamma = 0.4"]}  # fmt: skip
+    (out / "select" / "summary.json").write_text(json.dumps(empty))
+    (out / "phase2" / "config.json").write_text(json.dumps({"train": {"selection": "offline"}}))
+    text = pipeline.summary_text(out)
+    assert "WARNING: the selection picked no pixel" in text and "not CIRL's" in text
+    assert "sigma^2 > gamma = 0.4" in text
+    online = {"train": {"selection": "online", "lam": 0.3}}
+    (out / "phase2" / "config.json").write_text(json.dumps(online))
+    text = pipeline.summary_text(out)
+    assert "WARNING" not in text and "selected per batch in phase II" in text
+
+
 def _subparser(name: str) -> argparse.ArgumentParser:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     return sub.choices[name]

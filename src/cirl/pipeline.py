@@ -498,6 +498,7 @@ def summary_text(out: str | os.PathLike) -> str:
                 f"{calibration['split']} split's best): per-image F1 "
                 f"{calibration['scored']['f1']:.3f} there; predict decides at it"
             )
+    lines.extend(selection_lines(out))
     registration = record.get("registration") or {}
     if registration.get("registered"):
         promotion = registration.get("promotion") or {}
@@ -536,6 +537,35 @@ def summary_text(out: str | os.PathLike) -> str:
     if (out / "predict").is_dir():
         lines.append(f"    ls {out / 'predict'}   (NAME_overlay.jpg: cracks in red)")
     return "\n".join(lines)
+
+
+def selection_lines(out: Path) -> list[str]:
+    """What phase II's ambiguous set was, said loudly when it was empty: a phase II without A
+    is plain BCE, and the model is then not CIRL's whatever the run is called."""
+    try:
+        summary = json.loads((out / "select" / "summary.json").read_text())
+    except (OSError, ValueError):
+        return []
+    try:
+        train = json.loads((out / "phase2" / "config.json").read_text()).get("train") or {}
+    except (OSError, ValueError):
+        train = {}
+    fraction = float(summary.get("selected_fraction") or 0.0)
+    if train.get("selection") == "online":
+        return [
+            f"  ambiguous pixels: selected per batch in phase II (online, squared error > "
+            f"lambda {train.get('lam', '?')}); the phase-I model's offline A was "
+            f"{fraction:.1%} of the ring"
+        ]
+    if fraction > 0:
+        return [f"  ambiguous pixels: A = {fraction:.1%} of the marginal ring ({summary['rule']})"]
+    return [
+        f"  WARNING: the selection picked no pixel ({summary.get('rule')} rule, threshold "
+        f"{summary.get('threshold')}): phase II trained as plain BCE, so this model is not "
+        "CIRL's. Lower select.gamma, use select.rule error, or train.selection online "
+        "(docs/method.md)",
+        *(f"    {w}" for w in summary.get("warnings", [])),
+    ]
 
 
 def _plain(text: str) -> str:

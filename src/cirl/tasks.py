@@ -294,7 +294,11 @@ def select(
     summary = result.summary()
     ambiguity.metadata.update(summary)
     if report is not None:
-        body = _table(summary)
+        body = "".join(
+            f"<p style='color:#a00;font-weight:bold'>Warning: {html.escape(w)}</p>"
+            for w in summary.get("warnings", [])
+        )
+        body += _table({k: v for k, v in summary.items() if k != "warnings"})
         overview = out / "overview.png"
         if overview.is_file():
             body += "<h2>Photo, truth, log-variance, A</h2>" + _img_tag(overview)
