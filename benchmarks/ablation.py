@@ -458,12 +458,19 @@ def main(argv: list[str] | None = None) -> int:
         if arm != baseline
     }
     spread = {arm: table[arm]["f1"]["std"] for arm in arms}
+
+    def verdict_of(arm: str, g: list[float]) -> str:
+        # the bar: a mean difference larger than either arm's seed spread
+        bar = max(spread[arm], spread[baseline])
+        mean = statistics.fmean(g)
+        return "above" if mean > bar else "below" if mean < -bar else "within the spread"
+
     verdict = {
         arm: {
             "per_seed": g,
             "mean": statistics.fmean(g),
-            # the bar: a mean gain larger than either arm's seed spread
-            "beats_baseline": statistics.fmean(g) > max(spread[arm], spread[baseline]),
+            "beats_baseline": verdict_of(arm, g) == "above",
+            "verdict": verdict_of(arm, g),
         }
         for arm, g in gains.items()
     }
@@ -520,9 +527,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     for arm, v in verdict.items():
-        bar = "beats it beyond the seed spread" if v["beats_baseline"] else "within the spread"
+        words = {"above": f"above {baseline} beyond the seed spread",
+                 "below": f"below {baseline} beyond the seed spread"}  # fmt: skip
         print(f"{arm} - {baseline}, per-image F1 per seed: "
-              f"{[round(x, 4) for x in v['per_seed']]}: {bar}")  # fmt: skip
+              f"{[round(x, 4) for x in v['per_seed']]}: "
+              f"{words.get(v['verdict'], v['verdict'])}")  # fmt: skip
     print(f"wrote {path}")
     return 0
 

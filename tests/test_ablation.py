@@ -63,6 +63,7 @@ def test_tiny_ablation_runs_every_arm_and_writes_the_mechanism(ablation, tmp_pat
     for arm, verdict in result["minus_baseline_f1"].items():
         assert arm != baseline and len(verdict["per_seed"]) == 2
         assert isinstance(verdict["beats_baseline"], bool)
+        assert verdict["verdict"] in ("above", "below", "within the spread")
     for arm in ("cirl", "cirl_online"):
         mechanism = result["table"][arm]["mechanism"]
         for key in ("selected_fraction_of_m", "ring_fp_rate_after_phase1",
