@@ -136,14 +136,10 @@ def run(
         prob = predict_prob(model, item["image"][None].to(device))[0, 0].cpu().numpy()
         return item, prob
 
-    indices = range(len(dataset))
-    if progress:
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc=f"evaluate {cfg.split}", unit="image", leave=False)
     by_name: dict[str, int] = {}
-    for index in indices:
-        item, prob = predict(index)
+    for index, item, prob in _probabilities(
+        model, device, dataset, progress, f"evaluate {cfg.split}"
+    ):
         truth = item["mask"][0].numpy() > 0.5
         valid = item["valid"][0].numpy() > 0.5
         name = item["tile_id"]
@@ -203,7 +199,6 @@ def calibrate(cfg: EvaluateConfig, data: Path, model, device, scored, progress: 
         split's per-image and pooled scores at the threshold).
     """
     from cirl.data.tiles import TileDataset
-    from cirl.inference import predict_prob
     from cirl.metrics import SegmentationMetrics
 
     try:
@@ -215,14 +210,8 @@ def calibrate(cfg: EvaluateConfig, data: Path, model, device, scored, progress: 
 
         verify_files(data, dataset.records)
     metrics = SegmentationMetrics(cfg.threshold, cfg.thresholds, 0.0, cfg.empty_f1)
-    indices = range(len(dataset))
-    if progress:
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc=f"calibrate on {cfg.calibrate}", unit="image", leave=False)
-    for index in indices:
-        item = dataset[index]
-        prob = predict_prob(model, item["image"][None].to(device))[0, 0].cpu().numpy()
+    desc = f"calibrate on {cfg.calibrate}"
+    for _, item, prob in _probabilities(model, device, dataset, progress, desc):
         metrics.add(item["tile_id"], prob, item["mask"][0].numpy() > 0.5,
                     item["valid"][0].numpy() > 0.5)  # fmt: skip
     threshold, f1 = metrics.best_mean_f1()
@@ -235,3 +224,17 @@ def calibrate(cfg: EvaluateConfig, data: Path, model, device, scored, progress: 
         "grid (the paper's metric; ties: nearest the operating threshold)",
         "scored": {"split": cfg.split, **scored.scores_at(threshold)},
     }
+
+
+def _probabilities(model, device, dataset, progress: bool, desc: str):
+    """``(index, item, probability map)`` for every tile of ``dataset``, in order."""
+    from cirl.inference import predict_prob
+
+    indices = range(len(dataset))
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=desc, unit="image", leave=False)
+    for index in indices:
+        item = dataset[index]
+        yield index, item, predict_prob(model, item["image"][None].to(device))[0, 0].cpu().numpy()
