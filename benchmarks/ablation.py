@@ -119,7 +119,7 @@ def _log(message: str) -> None:
 
 def _cirl(*args: str) -> None:
     """A cirl command in its own process: inference there runs with subnormals as zero
-    (``cirl.inference.subnormals_as_zero``), which this training process cannot switch on."""
+    (``cirl.models.inference.subnormals_as_zero``), which this training process cannot switch on."""
     subprocess.run(
         [str(Path(sys.executable).with_name("cirl")), *args, "--no-track", "-q"],
         check=True,
@@ -128,7 +128,7 @@ def _cirl(*args: str) -> None:
 
 
 def _train(cfg, data: Path, out: Path, **kw):
-    from cirl import train
+    from cirl.method import train
 
     resume = (out / "last.pt").is_file()
     return train.run(cfg, data, out, resume=resume, progress=False, **kw)
@@ -155,9 +155,9 @@ def _select(data: Path, checkpoint: Path, out: Path, flags: dict) -> dict:
 
 _DIAGNOSE = """
 import json, sys
-from cirl.inference import subnormals_as_zero
+from cirl.models.inference import subnormals_as_zero
 with subnormals_as_zero():
-    from cirl.selection import diagnose
+    from cirl.method.selection import diagnose
     print(json.dumps(diagnose(sys.argv[1], sys.argv[2], sys.argv[3], device="cpu")))
 """
 
@@ -176,7 +176,7 @@ def _diagnose(data: Path, checkpoint: Path, ambiguity: Path, out: Path) -> dict:
 
 def run_seed(args: argparse.Namespace, data: Path, seed: int, arms: list[str]) -> dict:
     """Train, select, diagnose and evaluate the arms for one seed."""
-    from cirl.train import TrainConfig
+    from cirl.method.train import TrainConfig
 
     root = Path(args.work) / f"seed{seed}"
     epochs = args.steps // args.steps_per_epoch
@@ -260,9 +260,9 @@ def step_times(args: argparse.Namespace, data: Path, sel: Path, repeats: int) ->
     """Milliseconds per training step of each arm, interleaved, on identical batches."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cirl.arithmetic import choose
     from cirl.data.tiles import TileDataset
-    from cirl.train import TrainConfig, _autocast, _new_model, compute_loss
+    from cirl.method.arithmetic import choose
+    from cirl.method.train import TrainConfig, _autocast, _new_model, compute_loss
 
     dataset = TileDataset(data, "train", crop=args.crop, augment=True, ambiguity=sel, seed=0)
     batches = []
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not any(is_bce(a) for a in arms):
         parser.error(f"--arms: unknown {unknown} or no BCE arm; valid: {', '.join(ARMS)}")
 
-    from cirl import prepare
+    from cirl.data import prepare
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -40,9 +40,9 @@ def _log(message: str) -> None:
 @torch.no_grad()
 def crack_share_of_a(checkpoint: Path, data: Path, selection: Path) -> float:
     """Share of the ambiguous pixels A that ``checkpoint`` predicts as crack (training tiles)."""
-    from cirl.checkpoint import build_from_checkpoint, load_checkpoint
     from cirl.data.tiles import TileDataset
-    from cirl.inference import predict_prob
+    from cirl.models.checkpoint import build_from_checkpoint, load_checkpoint
+    from cirl.models.inference import predict_prob
 
     model = build_from_checkpoint(load_checkpoint(checkpoint), std_head=False).eval()
     dataset = TileDataset(data, "train", ambiguity=selection)
@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     from dataclasses import replace
 
     from ablation import _evaluate, _train  # the ablation's own resumable stages, beside this file
-    from cirl import train
-    from cirl.checkpoint import load_checkpoint
     from cirl.config import from_mapping
+    from cirl.method import train
+    from cirl.models.checkpoint import load_checkpoint
 
     work = Path(args.work)
     data = work / "prepared"

@@ -6,7 +6,7 @@ runs in a fresh subprocess: inputs are made, the peak resident memory is reset
 (``/proc/self/clear_refs``), then forward + backward run ``--repeats`` times; reported are the
 median seconds and the peak resident memory above the inputs.
 
-* ``ours``: :func:`cirl.losses.ci_loss` (chunked top-K search without gradient, sums over
+* ``ours``: :func:`cirl.method.losses.ci_loss` (chunked top-K search without gradient, sums over
   ``O_m`` from totals; memory O(|S| K + chunk)).
 * ``dense``: the textbook form: the full |S| x |S| cosine matrix, its top-K mask and the full
   matrix of ``p_m . p_n`` with autograd (memory O(|S|^2)); run only up to ``--dense-max``.
@@ -28,7 +28,7 @@ CHILD = r"""
 import json, sys, time, statistics
 import torch
 import torch.nn.functional as F
-from cirl.losses import ci_loss
+from cirl.method.losses import ci_loss
 
 impl = sys.argv[1]
 size, channels, k, repeats = (int(v) for v in sys.argv[2:6])

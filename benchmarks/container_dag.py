@@ -52,8 +52,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "container_dag.json")
     args = parser.parse_args()
 
-    from cirl import pipeline, synth
-    from cirl.container_runner import podman_service
+    from cirl.data import synth
+    from cirl.orchestration import pipeline
+    from cirl.orchestration.container_runner import podman_service
 
     package = args.package
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:

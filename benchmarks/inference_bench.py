@@ -1,8 +1,8 @@
 """Inference engines against onnxruntime fp32: per tile, their accuracy, and a whole 36 MP photo.
 
-Engines (``cirl.engine``): ``onnx`` (onnxruntime fp32, the reference), ``onnx-int8`` (the static
-int8 copy ``NAME.int8.onnx``), ``openvino`` (fp32), ``openvino-bf16`` (only where the CPU has
-bf16 arithmetic), ``torch`` (PyTorch eager), and for the photo ``auto``.
+Engines (``cirl.deploy.engine``): ``onnx`` (onnxruntime fp32, the reference), ``onnx-int8``
+(the static int8 copy ``NAME.int8.onnx``), ``openvino`` (fp32), ``openvino-bf16`` (only where
+the CPU has bf16 arithmetic), ``torch`` (PyTorch eager), and for the photo ``auto``.
 
 Protocol, in three sections (``--sections``, default all):
 
@@ -23,11 +23,11 @@ Protocol, in three sections (``--sections``, default all):
   official split, ``runs/ablation_v2/seed0/bce/best.pt``) exported as ``cirl export --quantize
   static --data DATA`` does: int8 calibrated on DATA's training tiles, and the export's own
   accuracy gate run on DATA's **val** split (its verdicts go into the model's metadata and
-  decide what ``--engine auto`` may use). Then :func:`cirl.gate.run_gate` on DATA's **test**
+  decide what ``--engine auto`` may use). Then :func:`cirl.deploy.gate.run_gate` on DATA's **test**
   split, as issue 12 asks: per-image F1 at 0.5, ODS and AP of onnxruntime fp32 and of each
   engine, their differences from fp32, the largest |probability difference|, pass/fail at
   0.005.
-* ``photo``, a whole 36-megapixel photo: a synthetic 7360x4912 JPEG (``cirl.synth``),
+* ``photo``, a whole 36-megapixel photo: a synthetic 7360x4912 JPEG (``cirl.data.synth``),
   ``predict.run`` (tile 512, overlap 64, batch 4, under ``subnormals_as_zero`` as ``cirl
   predict`` runs it) with the trained checkpoint's export, each engine in a fresh
   subprocess; reported: the subprocess's wall time measured from outside (Python start-up,
@@ -74,8 +74,8 @@ PREDICT_CHILD = r"""
 import json, sys, time
 t_start = time.perf_counter()
 from pathlib import Path
-from cirl.inference import subnormals_as_zero
-from cirl import predict
+from cirl.models.inference import subnormals_as_zero
+from cirl.deploy import predict
 engine, model, image, out, force = sys.argv[1:6]
 imports = time.perf_counter() - t_start
 with subnormals_as_zero():  # as `cirl predict` runs it
@@ -98,8 +98,8 @@ print(json.dumps({"in_process_seconds": time.perf_counter() - t_start, "imports_
 CHOICE_CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from cirl.gate import choose_engine
-from cirl.inference import subnormals_as_zero
+from cirl.deploy.gate import choose_engine
+from cirl.models.inference import subnormals_as_zero
 with subnormals_as_zero():
     choice = choose_engine(sys.argv[1], 512, 4, 0)
 print(json.dumps({"seconds": time.perf_counter() - t0, **choice}))
@@ -108,7 +108,7 @@ print(json.dumps({"seconds": time.perf_counter() - t0, **choice}))
 TILE_CHILD = r"""
 import json, logging, statistics, sys, time
 import numpy as np
-from cirl.engine import load_engine
+from cirl.deploy.opener import load_engine
 logging.disable(logging.WARNING)
 engine_name, model, batch, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 engine = load_engine(model, engine_name, device="cpu", force=True)
@@ -139,7 +139,7 @@ def _child(code: str, *args: str, env: dict | None = None) -> tuple[dict, float]
 
 def tile_engines() -> list[str]:
     """The engines timed per tile on this machine."""
-    from cirl.engine import cpu_has_bf16
+    from cirl.deploy.engine import cpu_has_bf16
 
     names = ["onnx", "onnx-int8", "openvino"]
     if cpu_has_bf16():
@@ -154,8 +154,8 @@ def tile_engines() -> list[str]:
 def _checkpoint(name: str, folder: Path) -> Path:
     import torch
 
-    from cirl.checkpoint import save_checkpoint
     from cirl.models import build_model
+    from cirl.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(name, std_head=False).eval()
@@ -191,7 +191,7 @@ def _interleaved(engines: dict, x: np.ndarray, repeats: int) -> dict[str, float]
 
 def _open(model: Path, ckpt: Path, name: str):
     """An engine for timing: gated engines forced (random weights have no gate to pass)."""
-    from cirl.engine import load_engine
+    from cirl.deploy.opener import load_engine
 
     logging.disable(logging.WARNING)  # "used anyway (--force)"
     try:
@@ -210,7 +210,7 @@ def tile_latency(
     isolate: bool = False,
 ) -> dict:
     """ms per tile, speed-up over onnx fp32 and GFLOP/s of each engine at each batch."""
-    from cirl import export
+    from cirl.deploy import export
 
     ckpt = _checkpoint(name, folder)
     onnx_path = folder / f"{name}.onnx"
@@ -308,8 +308,8 @@ def gate_subset(data: Path, folder: Path, test_images: int) -> Path:
 
 def export_trained(checkpoint: Path, data: Path, folder: Path) -> tuple[Path, dict]:
     """``cirl export --quantize static --data DATA``: int8 copy, gate on val in the metadata."""
-    from cirl import export
-    from cirl.engine import read_metadata
+    from cirl.deploy import export
+    from cirl.deploy.engine import read_metadata
 
     models = folder / "trained"
     models.mkdir(exist_ok=True)
@@ -327,8 +327,8 @@ def export_trained(checkpoint: Path, data: Path, folder: Path) -> tuple[Path, di
 
 
 def gate_on_test(onnx_path: Path, data: Path) -> dict:
-    from cirl.engine import int8_path
-    from cirl.gate import run_gate
+    from cirl.deploy.engine import int8_path
+    from cirl.deploy.gate import run_gate
 
     t0 = time.perf_counter()
     record = run_gate(onnx_path, data, split="test", tolerance=TOLERANCE, int8=int8_path(onnx_path))
@@ -374,7 +374,7 @@ def print_gate(exported: dict, test: dict, data: Path, subset: int) -> None:
 def synthetic_photo(folder: Path) -> Path:
     import cv2
 
-    from cirl.synth import SynthConfig, render_sample
+    from cirl.data.synth import SynthConfig, render_sample
 
     path = folder / f"photo_{PHOTO_W}x{PHOTO_H}.jpg"
     if not path.exists():
@@ -583,8 +583,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cirl.engine import cpu_has_bf16
-    from cirl.gate import machine
+    from cirl.deploy.engine import cpu_has_bf16
+    from cirl.deploy.gate import machine
 
     engines = tile_engines()
     batches = [int(b) for b in args.batches.split(",")]

@@ -2,13 +2,13 @@
 
 Protocol:
 
-* masks: the label of synthetic photo 0 at 7360x4912 (``cirl.synth.render_sample``), and two
+* masks: the label of synthetic photo 0 at 7360x4912 (``cirl.data.synth.render_sample``), and two
   masks made from it: ``rough``, one-pixel bumps on 30% of the pixels just outside its edges
   (ragged edges like a model's; each bump can grow a spur) and ``broken``, the same cut by a
   one-pixel grid every 64 px (many small components: the cost per component shows);
-* ``old``: ``src/cirl/measure.py`` at ``--baseline`` (default: the commit before the switch to
-  scikit-image and skan), loaded from ``git show`` as a temporary module; ``new``: the working
-  tree's ``cirl.measure``;
+* ``old``: ``src/cirl/measure.py`` (its path then) at ``--baseline`` (default: the commit before
+  the switch to scikit-image and skan), loaded from ``git show`` as a temporary module;
+  ``new``: the working tree's ``cirl.deploy.measure``;
 * steady state: ``measure_cracks(mask)`` with default arguments, each implementation run once
   to warm up (numba compiles skan's graph code on the first call), then the two interleaved
   round-robin ``--repeats`` times; the median seconds;
@@ -52,7 +52,7 @@ t0 = time.perf_counter()
 if which == "old":
     import measure_baseline as measure
 else:
-    from cirl import measure
+    from cirl.deploy import measure
 t1 = time.perf_counter()
 mask = np.load(f"{folder}/label.npy")
 t2 = time.perf_counter()
@@ -66,7 +66,7 @@ print(json.dumps({"import_seconds": t1 - t0, "first_call_seconds": t3 - t2,
 
 
 def load_baseline(commit: str, folder: Path) -> ModuleType:
-    """``src/cirl/measure.py`` at ``commit``, written to ``folder`` and imported from there."""
+    """``src/cirl/measure.py`` (its path then) at ``commit``, written to ``folder``, imported."""
     source = subprocess.run(
         ["git", "show", f"{commit}:src/cirl/measure.py"],
         cwd=REPO,
@@ -87,7 +87,7 @@ def masks(seed: int = 0) -> dict[str, np.ndarray]:
     """The label of the 36 MP synthetic photo 0 and its ``rough`` and ``broken`` variants."""
     import cv2
 
-    from cirl.synth import SynthConfig, render_sample
+    from cirl.data.synth import SynthConfig, render_sample
 
     _, label, _ = render_sample(SynthConfig(width=7360, height=4912), 0)
     crack = label > 0
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     import skan
     import skimage
 
-    import cirl.measure as new
+    import cirl.deploy.measure as new
 
     result: dict = {
         "protocol": (

@@ -3,13 +3,13 @@ same stage functions directly, at the same budget, on the same data, in one run.
 
     .venv/bin/python benchmarks/pipeline_overhead.py [--params params.yaml] [--n 20]
 
-All arms run prepare -> train phase I -> select -> train phase II -> evaluate -> export with
-the resolved ``params.yaml`` groups; the direct arm calls ``cirl.tasks`` (what each component
-body calls) in this process, without tracking; the pipeline arms are
-``cirl.pipeline.run_local`` on the committed ``pipelines/training.yaml``, once with tracking
-off (the same work as the direct arm, plus the pipeline's open/register/close tasks, which
-then do nothing) and once as ``make run`` runs it: every stage tracked in MLflow (a SQLite
-store) and the model registered and promoted. Prints a table and writes JSON.
+All arms run prepare -> train phase I -> select -> train phase II -> evaluate -> export with the
+resolved ``params.yaml`` groups; the direct arm calls ``cirl.orchestration.tasks`` (what each
+component body calls) in this process, without tracking; the pipeline arms are
+``cirl.orchestration.pipeline.run_local`` on the committed ``pipelines/training.yaml``, once
+with tracking off (the same work as the direct arm, plus the pipeline's open/register/close
+tasks, which then do nothing) and once as ``make run`` runs it: every stage tracked in MLflow (a
+SQLite store) and the model registered and promoted. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class _Artifact(SimpleNamespace):
-    """Enough of a KFP artifact for ``cirl.tasks``: a path and metadata."""
+    """Enough of a KFP artifact for ``cirl.orchestration.tasks``: a path and metadata."""
 
     def log_metric(self, key: str, value: float) -> None:
         self.metadata[key] = value
@@ -38,8 +38,8 @@ def _artifact(path: Path) -> _Artifact:
 
 
 def direct(raw: Path, work: Path, groups: dict) -> float:
-    """The chain through ``cirl.tasks`` in this process; returns seconds."""
-    from cirl import tasks
+    """The chain through ``cirl.orchestration.tasks`` in this process; returns seconds."""
+    from cirl.orchestration import tasks
 
     t0 = time.perf_counter()
     data = _artifact(work / "dataset")
@@ -73,7 +73,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "pipeline_overhead.json")
     args = parser.parse_args()
 
-    from cirl import config, pipeline, synth
+    from cirl import config
+    from cirl.data import synth
+    from cirl.orchestration import pipeline
 
     groups = pipeline.stage_arguments(args.params)
     package = REPO / "pipelines" / "training.yaml"
@@ -116,7 +118,7 @@ def main() -> None:
         "overhead_per_stage_s": round((arms["kfp"] - t_direct) / stages, 2),
     }
     print(f"{'arm':<44}{'seconds':>10}{'ratio':>8}")
-    print(f"{'direct (cirl.tasks, no tracking)':<44}{t_direct:>10.1f}{1:>8.3f}")
+    print(f"{'direct (cirl.orchestration.tasks, no tracking)':<44}{t_direct:>10.1f}{1:>8.3f}")
     for arm, label in (
         ("kfp", "KFP local SubprocessRunner, tracking off"),
         ("kfp_tracked", "KFP local, tracked + registered (make run)"),

@@ -1,12 +1,12 @@
 """Slicing throughput of ``cirl prepare`` against the bare cost of the same OpenCV work.
 
-Protocol: synthetic 7360x4912 photos (``cirl.synth``) are written as JPEG + PNG mask. Each arm
+Protocol: synthetic 7360x4912 photos (``cirl.data.synth``) are written as JPEG + PNG mask. Each arm
 runs in its own fresh process (so peak memory is its own) over the same photos:
 
 * ``bare``: one process decodes each photo and mask with OpenCV and encodes the same 512x512
   tiles (shift policy) as PNG files, nothing else: the floor for this work in one process.
-* ``prepare-w1``: ``cirl.prepare.run`` with one worker (import, checks, hashing, manifest, card,
-  staging and the final move included).
+* ``prepare-w1``: ``cirl.data.prepare.run`` with one worker (import, checks, hashing, manifest,
+  card, staging and the final move included).
 * ``prepare-w2``: the same with two worker processes.
 
 Printed: seconds, megapixels/s of source pixels, the ratio to ``bare``, the peak resident
@@ -35,7 +35,7 @@ W, H, TILE = 7360, 4912, 512
 def _make_raw(root: Path, n: int) -> None:
     import cv2
 
-    from cirl.synth import SynthConfig, render_sample
+    from cirl.data.synth import SynthConfig, render_sample
 
     cfg = SynthConfig(n=n, width=W, height=H)
     (root / "images").mkdir(parents=True)
@@ -114,7 +114,7 @@ def _arm(name: str, raw: Path, out: Path) -> dict:
         if name == "bare":
             _bare(raw, out)
         else:
-            from cirl.prepare import PrepareConfig, run
+            from cirl.data.prepare import PrepareConfig, run
 
             workers = int(name.rsplit("w", 1)[1])
             cfg = PrepareConfig(tile=TILE, workers=workers, split=(0.5, 0.25, 0.25))

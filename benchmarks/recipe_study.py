@@ -47,7 +47,7 @@ def _log(message: str) -> None:
 
 def scoring_set(work: Path) -> Path:
     """Seven synthetic photos of seed 2000, prepared; 6 of them land in the test split."""
-    from cirl import prepare, synth
+    from cirl.data import prepare, synth
 
     prepared = work / "scoring"
     if not (prepared / "manifest.csv").is_file():
@@ -58,7 +58,7 @@ def scoring_set(work: Path) -> Path:
 
 
 def run_arm(name: str, data: Path, scoring: Path, args: argparse.Namespace) -> dict:
-    from cirl import evaluate, train
+    from cirl.method import evaluate, train
 
     out = Path(args.work) / name
     cfg = train.TrainConfig(

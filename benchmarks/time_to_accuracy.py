@@ -53,7 +53,7 @@ def _score(data: Path, checkpoint: Path, out: Path) -> dict:
     if not (out / "metrics.json").is_file():
         # in its own process, as `cirl evaluate` runs in the product: inference needs the CPU's
         # subnormals-as-zero mode set before the process's first parallel operation
-        # (cirl.inference.subnormals_as_zero), which this training process is long past
+        # (cirl.models.inference.subnormals_as_zero), which this training process is long past
         subprocess.run(
             [
                 str(Path(sys.executable).with_name("cirl")),
@@ -96,7 +96,7 @@ def history_of(root: Path) -> list[dict]:
 
 def run_arm(args: argparse.Namespace, data: Path, arm: str, seed: int) -> dict:
     """Train one arm for one seed, scoring the test split at every checkpoint."""
-    from cirl import train
+    from cirl.method import train
 
     share = 0.0 if arm == "uniform" else args.share
     root = Path(args.work) / f"{args.tag}{arm}_seed{seed}"
@@ -161,7 +161,7 @@ def step_gflop(batch: int = 2, crop: int = 256) -> float:
     """Forward + backward FLOPs of one BCE training step of ``unet-small``, in GFLOP."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cirl.losses import masked_bce
+    from cirl.method.losses import masked_bce
     from cirl.models import build_model
 
     model = build_model("unet-small", std_head=False).train()
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from cirl import prepare
+    from cirl.data import prepare
 
     work = Path(args.work)
     data = work / "prepared"

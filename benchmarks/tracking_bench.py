@@ -5,8 +5,8 @@ CPU) for ``--epochs`` epochs on a prepared folder, in this one process, arms alt
 (``off`` first in odd repeats, ``on`` first in even ones) so that drift of a shared machine
 falls on both:
 
-* ``off``: ``cirl.train.run`` alone.
-* ``on``: the same call inside ``cirl.tracking.stage_run`` on a fresh SQLite store (run,
+* ``off``: ``cirl.method.train.run`` alone.
+* ``on``: the same call inside ``cirl.lineage.tracking.stage_run`` on a fresh SQLite store (run,
   params, ``config.json`` artifact, dataset input with the manifest hash, lineage tags, one
   ``log_batch`` of metrics per epoch through ``on_epoch``, ``history.json`` and ``config.json``
   artifacts at the end).
@@ -56,7 +56,9 @@ def main() -> None:
 
     import torch
 
-    from cirl import config, tracking, train
+    from cirl import config
+    from cirl.lineage import tracking
+    from cirl.method import train
 
     cfg = config.resolve(
         train.TrainConfig, "train", args.params, {"epochs": args.epochs, "device": "cpu"}

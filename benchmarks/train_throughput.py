@@ -5,7 +5,7 @@ What is measured (printed as a table and stored in the JSON):
 * the machine's matmul ceilings, measured in this run: a 2048^3 fp32 ``torch.mm`` and the same
   in bfloat16 (GFLOP/s, best of several);
 * for each arm (``fp32``, ``fp32+cl``, ``bf16``, ``bf16+cl``) the time of one real training step
-  of ``cirl.train`` (``compute_loss`` on the model's output, backward, Adam), ``unet-small``,
+  of ``cirl.method.train`` (``compute_loss`` on the model's output, backward, Adam), ``unet-small``,
   batch 2 of 3x256x256 (the main job's setting), BCE; and the whole training loop on a
   prepared dataset (data loading, augmentation and the loss included) through ``train.run``;
 * GFLOP/s of a step: forward + backward FLOPs counted once with
@@ -18,7 +18,7 @@ so a change in the machine's load hits every arm alike. The ratios are the resul
 times depend on the load of the machine.
 
 Then ``auto``: what ``precision: auto`` + ``channels_last: auto`` choose here
-(:func:`cirl.arithmetic.choose` with an empty cache, as on a new machine), how long its probe
+(:func:`cirl.method.arithmetic.choose` with an empty cache, as on a new machine), how long its probe
 took, and the chosen arm's step and loop time as a ratio to the best arm's (goal <= 1.05).
 
     python benchmarks/train_throughput.py [--steps 20] [--repeats 3] [--data PREPARED]
@@ -56,7 +56,7 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
 
 
 def _setup(arm: dict, batch: int, crop: int):
-    from cirl import train
+    from cirl.method import train
 
     cfg = train.TrainConfig(model="unet-small", loss="bce", device="cpu", **arm)
     torch.manual_seed(0)
@@ -73,7 +73,7 @@ def _setup(arm: dict, batch: int, crop: int):
 def step_flops(batch: int, crop: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cirl import train
+    from cirl.method import train
 
     cfg, model, _, data = _setup(ARMS["fp32"], batch, crop)
     with FlopCounterMode(display=False) as counter:
@@ -84,7 +84,7 @@ def step_flops(batch: int, crop: int) -> float:
 
 def time_steps(arm: dict, steps: int, batch: int, crop: int) -> float:
     """Seconds per optimizer step of ``arm`` (after 3 warm-up steps)."""
-    from cirl import train
+    from cirl.method import train
 
     cfg, model, optimizer, data = _setup(arm, batch, crop)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
@@ -107,7 +107,7 @@ def time_steps(arm: dict, steps: int, batch: int, crop: int) -> float:
 
 def time_loop(arm: dict, data: Path, steps: int, work: Path) -> float:
     """Seconds per step of the real loop (``train.run``: loading and augmentation included)."""
-    from cirl import train
+    from cirl.method import train
 
     cfg = train.TrainConfig(
         model="unet-small",
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(REPO / "runs" / "train_throughput.json"))
     args = parser.parse_args(argv)
 
-    from cirl.train import cpu_has_native_bf16
+    from cirl.method.train import cpu_has_native_bf16
 
     torch.manual_seed(0)
     ceiling = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
@@ -237,7 +237,7 @@ def choose_auto(batch: int, crop: int) -> dict:
     import os
     from unittest import mock
 
-    from cirl import arithmetic, train
+    from cirl.method import arithmetic, train
 
     cfg = train.TrainConfig(
         model="unet-small",

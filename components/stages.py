@@ -1,9 +1,9 @@
-"""The pipeline's components: typed KFP interfaces over one ``cirl.tasks`` call each.
+"""The pipeline's components: typed KFP interfaces over one ``cirl.orchestration.tasks`` call each.
 
 The functions are plain Python with KFP artifact annotations; :mod:`components` turns them into
 components on the project's one image (``install_kfp_package=False``: the image already has kfp
 and cirl, nothing is installed when a task runs). KFP ships each body's source to the task, so
-a body imports what it uses and holds no logic: everything lives in ``cirl.tasks``.
+a body imports what it uses and holds no logic: everything lives in ``cirl.orchestration.tasks``.
 
 Every component takes ``params``, the resolved group of its stage in ``params.yaml`` (checked by
 the stage's config dataclass when the task runs), and ``code_version``, which records the code
@@ -23,7 +23,7 @@ def open_run(
     source: str,
 ) -> str:
     """Open the pipeline's parent MLflow run (or reopen ``parent_run_id``); returns its id."""
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     with tasks.task_errors("open tracking run"):
         return tasks.open_run(
@@ -33,7 +33,7 @@ def open_run(
 
 def close_run(tracking: dict, parent_run_id: str, registration: Input[Artifact]):
     """End the pipeline's parent MLflow run FINISHED (after registration)."""
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     with tasks.task_errors("close tracking run"):
         tasks.close_run(tracking, parent_run_id)
@@ -49,7 +49,7 @@ def prepare(
     dataset: Output[Dataset],
 ):
     """Slice the raw photos at ``source`` into tiles, split 90/5/5 by photo, hash everything."""
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     with tasks.task_errors("prepare"):
         tasks.prepare(source, source_format, params, dataset, tracking, parent_run_id)
@@ -65,7 +65,7 @@ def train_phase1(
     metrics: Output[Metrics],
 ):
     """CIRL phase I: BCE + the ambiguity-aware loss, with the std head."""
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     with tasks.task_errors("train phase 1"):
         tasks.train(
@@ -91,7 +91,7 @@ def select_regions(
     report: Output[HTML],
 ):
     """Ambiguous pixels A: high phase-I variance inside the marginal ring."""
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     with tasks.task_errors("select"):
         tasks.select(dataset, phase1, params, ambiguity, report, tracking, parent_run_id)
@@ -109,7 +109,7 @@ def train_phase2(
     metrics: Output[Metrics],
 ):
     """CIRL phase II: BCE outside A, the clustering-inspired loss inside it."""
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     with tasks.task_errors("train phase 2"):
         tasks.train(
@@ -136,7 +136,7 @@ def train_baseline(
     metrics: Output[Metrics],
 ):
     """The plain BCE baseline: the same model and loop without CIRL."""
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     with tasks.task_errors("train baseline"):
         tasks.train(
@@ -164,7 +164,7 @@ def evaluate(
     report: Output[HTML],
 ):
     """Per-image F1 at 0.5 (the paper's protocol), ODS, OIS, AP, PR curve and overlays."""
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     with tasks.task_errors("evaluate"):
         tasks.evaluate(
@@ -192,7 +192,7 @@ def export_onnx(
 ):
     """The deployable ONNX model without the std head, checked against PyTorch, carrying the
     decision threshold the evaluation calibrated on the validation split."""
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     with tasks.task_errors("export"):
         tasks.export(model, params, onnx, dataset, tracking, parent_run_id, evaluation)
@@ -209,7 +209,7 @@ def register_model(
     registration: Output[Artifact],
 ):
     """Register the ONNX model as a new version in the MLflow registry; promote it by F1."""
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     with tasks.task_errors("register"):
         tasks.register(onnx, evaluation, checkpoint, params, registration, tracking, parent_run_id)
@@ -227,7 +227,7 @@ def sweep_worker(
     out: Output[Artifact],
 ):
     """One sweep worker: trials of the shared Optuna study until it is done."""
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     with tasks.task_errors(f"sweep worker {worker}"):
         tasks.sweep_worker(
@@ -246,7 +246,7 @@ def sweep_report(
     page: Output[HTML],
 ):
     """The sweep's plots and tables, and the best setting's test scores (once)."""
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     with tasks.task_errors("sweep report"):
         tasks.sweep_report(dataset, workers, params, train_params, select_params, report, page)

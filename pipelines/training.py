@@ -44,7 +44,6 @@ if str(REPO) not in sys.path:  # `components` is a top-level folder of the repos
 import components  # noqa: E402
 
 PIPELINE_NAME = "cirl-training"
-STAGE_GROUPS = ("prepare", "train", "select", "evaluate", "export", "tracking", "register")
 SECRET = "cirl-credentials"
 # Keys of the secret, each optional: a cluster that needs no key simply leaves it out.
 SECRET_ENV = (
@@ -81,7 +80,7 @@ def stage_params(params_file: Path, profile: "Path | None" = None) -> dict[str, 
     from cirl import config
 
     groups = {}
-    for group in STAGE_GROUPS:
+    for group in config.PIPELINE_GROUPS:
         values = config.load_group(params_file, group)
         if profile is not None:
             values.update(config.load_group(profile, group))

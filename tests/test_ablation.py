@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cirl import synth
+from cirl.data import synth
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from cirl import arithmetic
-from cirl.train import TrainConfig
+from cirl.method import arithmetic
+from cirl.method.train import TrainConfig
 
 SMALL = {"model": "unet-small", "width": 4, "batch_size": 1, "crop": 32, "device": "cpu"}
 
@@ -114,7 +114,7 @@ def test_an_unwritable_cache_still_chooses(tmp_path, monkeypatch):
 
 
 def test_resume_reuses_the_recorded_arithmetic(tmp_path, monkeypatch):
-    from cirl.train import resolve_arithmetic
+    from cirl.method.train import resolve_arithmetic
 
     monkeypatch.setattr(arithmetic, "choose", lambda *a: pytest.fail("measured again"))
     cfg = TrainConfig(**SMALL, precision="auto", channels_last="auto")
@@ -155,7 +155,7 @@ def test_audit_retrains_in_the_recorded_arithmetic_and_says_when_the_cpu_differs
 
 
 def test_select_runs_in_the_precision_phase_one_trained_in():
-    from cirl.selection import SelectConfig, forward_precision
+    from cirl.method.selection import SelectConfig, forward_precision
 
     cpu = torch.device("cpu")
     assert forward_precision("auto", {"provenance": {"precision": "bf16"}}, cpu) == "bf16"
@@ -171,7 +171,7 @@ def test_select_runs_in_the_precision_phase_one_trained_in():
 
 
 def test_cli_takes_true_false_and_auto_for_channels_last():
-    from cirl.cli import build_parser
+    from cirl.orchestration.cli import build_parser
 
     parser = build_parser()
     base = ["train", "--data", "d", "--out", "o"]

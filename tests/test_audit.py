@@ -2,9 +2,10 @@
 
 The module's fixture runs the stages the pipeline runs (prepare, phase I, select, phase II,
 evaluate, export, register) on four small synthetic photos, each inside a
-:func:`cirl.tracking.stage_run` nested under one :func:`cirl.tracking.start_pipeline_run`,
-with a SQLite store in a temporary folder: the records a tracked pipeline run leaves.
-A second version of the same files is registered outside any pipeline run.
+:func:`cirl.lineage.tracking.stage_run` nested under one
+:func:`cirl.lineage.tracking.start_pipeline_run`, with a SQLite store in a temporary folder: the
+records a tracked pipeline run leaves. A second version of the same files is registered outside
+any pipeline run.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from cirl import audit, registry, tracking
+from cirl import audit
 from cirl.errors import CirlError
+from cirl.lineage import registry, tracking
 
 pytestmark = pytest.mark.smoke
 
@@ -32,7 +34,7 @@ TRAIN = {
     "max_pixels": 2048,
     "device": "cpu",
     "seed": 3,
-    # measured on this machine (cirl.arithmetic); the retrain must reuse what was recorded
+    # measured on this machine (cirl.method.arithmetic); the retrain must reuse what was recorded
     "precision": "auto",
     "channels_last": "auto",
 }
@@ -43,7 +45,9 @@ CHAIN = ["prepare", "train phase 1", "select", "train phase 2", "evaluate", "exp
 def chain(tmp_path_factory):
     """A tracked pipeline run of the whole chain, its registered model (v1, champion), and
     v2: the same files registered outside a pipeline run."""
-    from cirl import evaluate, export, prepare, selection, synth, train
+    from cirl.data import prepare, synth
+    from cirl.deploy import export
+    from cirl.method import evaluate, selection, train
 
     root = tmp_path_factory.mktemp("audit")
     patch = pytest.MonkeyPatch()
@@ -241,7 +245,7 @@ def test_missing_data_names_the_recorded_path_or_is_prepared_again(chain, record
 def test_command_line_verify_and_retrain(chain, tmp_path, capsys):
     """--retrain on this machine reproduces the registered weights bit for bit (CPU training
     is deterministic, tests/test_determinism.py) and so every score."""
-    from cirl.cli import main
+    from cirl.orchestration.cli import main
 
     uri = ["--tracking-uri", chain["store"].tracking_uri, "--device", "cpu", "-q"]
     out = tmp_path / "audit"
@@ -306,7 +310,7 @@ def test_at_a_time_audits_the_version_that_held_the_alias_then(chain, tmp_path, 
     """ "Which model was champion on date X": from the recorded alias moves."""
     import datetime as dt
 
-    from cirl.cli import main
+    from cirl.orchestration.cli import main
 
     uri = ["--tracking-uri", chain["store"].tracking_uri, "--out", str(tmp_path), "-q"]
     now = dt.datetime.now(dt.UTC).isoformat()

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from cirl.cli import build_parser, main
+from cirl.orchestration.cli import build_parser, main
 from conftest import write_pair
 
 SUBCOMMANDS = [

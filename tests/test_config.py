@@ -5,8 +5,8 @@ from typing import Literal
 import pytest
 
 from cirl.config import from_mapping, resolve, to_dict
+from cirl.data.prepare import PrepareConfig
 from cirl.errors import CirlError
-from cirl.prepare import PrepareConfig
 
 
 @dataclass(frozen=True)
@@ -74,18 +74,12 @@ def test_every_group_of_the_repository_params_file_matches_its_stage():
     """make run passes params.yaml to every stage: a stale key would stop it half-way."""
     import yaml
 
-    from cirl import (
-        audit,
-        evaluate,
-        export,
-        predict,
-        registry,
-        selection,
-        sweep,
-        synth,
-        tracking,
-        train,
-    )
+    from cirl import audit
+    from cirl.data import synth
+    from cirl.deploy import export, predict
+    from cirl.lineage import registry, tracking
+    from cirl.method import evaluate, selection, train
+    from cirl.tuning import sweep
 
     stages = {
         "synth": synth.SynthConfig,

@@ -1,4 +1,4 @@
-"""KFP's DockerRunner through podman (:mod:`cirl.container_runner`).
+"""KFP's DockerRunner through podman (:mod:`cirl.orchestration.container_runner`).
 
 The unit tests run everywhere (a fake Docker client). The ``container`` tests need podman (as
 root), the image ``$CIRL_IMAGE`` (default ``localhost/cirl:ci``) in the storage that
@@ -48,7 +48,7 @@ class FakeClient:
 
 
 def test_run_container_returns_the_status_and_log_and_removes_the_container(capsys):
-    from cirl.container_runner import run_container
+    from cirl.orchestration.container_runner import run_container
 
     # "é" split across two chunks: the log is decoded as a stream
     container = FakeContainer([b"step 1\n", b"error: caf\xc3", b"\xa9 failed\n"], status=3)
@@ -65,7 +65,7 @@ def test_run_container_returns_the_status_and_log_and_removes_the_container(caps
 def test_exit_status_fix_replaces_kfps_function_only_inside_the_block():
     from kfp.local import docker_task_handler
 
-    from cirl.container_runner import exit_status_fix, run_container
+    from cirl.orchestration.container_runner import exit_status_fix, run_container
 
     original = docker_task_handler.run_docker_container
     with exit_status_fix():
@@ -74,7 +74,7 @@ def test_exit_status_fix_replaces_kfps_function_only_inside_the_block():
 
 
 def test_docker_runner_without_an_engine_says_how_to_start_one(monkeypatch, tmp_path):
-    from cirl.container_runner import docker_runner
+    from cirl.orchestration.container_runner import docker_runner
 
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
     with pytest.raises(CirlError, match="podman system service"):
@@ -86,7 +86,7 @@ def service(tmp_path_factory):
     """podman's Docker-compatible service on a private socket, ``DOCKER_HOST`` set to it."""
     if os.environ.get("CIRL_CONTAINER_TESTS") != "1":
         pytest.skip("needs podman and the image: set CIRL_CONTAINER_TESTS=1 (.ci/image.sh does)")
-    from cirl.container_runner import podman_service
+    from cirl.orchestration.container_runner import podman_service
 
     with podman_service(tmp_path_factory.mktemp("podman")) as running:
         yield running
@@ -97,7 +97,7 @@ def kfp_local(service, tmp_path):
     """KFP's local runner set to run tasks in containers through ``service``."""
     from kfp import local
 
-    from cirl.container_runner import docker_runner
+    from cirl.orchestration.container_runner import docker_runner
 
     outside = tmp_path / "outside"  # a folder outside the pipeline root, e.g. a raw dataset
     outside.mkdir()
@@ -179,7 +179,7 @@ def test_failing_task_fails_the_run_and_shows_its_log(kfp_local, components, cap
 def test_run_container_on_podman_returns_the_exit_status(service, capfd):
     import docker
 
-    from cirl.container_runner import run_container
+    from cirl.orchestration.container_runner import run_container
 
     client = docker.from_env()
     try:

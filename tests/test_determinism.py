@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from cirl.checkpoint import load_checkpoint
 from cirl.data.manifest import read_manifest
+from cirl.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.smoke
 
@@ -46,7 +46,7 @@ FAST = {"precision": "bf16", "channels_last": True}
 
 def run_chain(data: Path, ambiguity: Path, out: Path, fast: bool = False) -> None:
     """Phase I -> select -> phase II (on ``ambiguity``) -> evaluate, all into ``out``."""
-    from cirl import evaluate, selection, train
+    from cirl.method import evaluate, selection, train
 
     params = {**TRAIN, **(FAST if fast else {})}
     train.run(train.TrainConfig(**params, phase=1), data, out / "p1", progress=False)
@@ -77,10 +77,10 @@ def run_chain(data: Path, ambiguity: Path, out: Path, fast: bool = False) -> Non
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny prepared folder and an ambiguity folder marking every pixel of its train tiles."""
-    from cirl.prepare import PrepareConfig
-    from cirl.prepare import run as prepare
-    from cirl.synth import SynthConfig
-    from cirl.synth import run as synth
+    from cirl.data.prepare import PrepareConfig
+    from cirl.data.prepare import run as prepare
+    from cirl.data.synth import SynthConfig
+    from cirl.data.synth import run as synth
 
     root = tmp_path_factory.mktemp("determinism")
     synth(SynthConfig(n=4, width=256, height=192), root / "raw")
@@ -134,7 +134,7 @@ def assert_same_outputs(a: Path, b: Path) -> None:
 
 def test_ci_loss_gradient_is_bitwise_repeatable():
     """2304 pixels x K = 20: large enough for the multi-threaded accumulate of indexing."""
-    from cirl.losses import ci_loss
+    from cirl.method.losses import ci_loss
 
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 1, 48, 48, generator=generator)
@@ -162,7 +162,7 @@ def test_chain_is_identical_twice_in_one_process(inputs, tmp_path, fast):
 
 def test_fast_path_is_a_different_computation_from_fp32(inputs, tmp_path):
     """bf16 autocast changes the weights (it is not silently ignored), but not by much."""
-    from cirl import train
+    from cirl.method import train
 
     weights = {}
     for name, extra in (("fp32", {}), ("bf16", FAST)):
@@ -177,7 +177,7 @@ def test_fast_path_is_a_different_computation_from_fp32(inputs, tmp_path):
 def test_auto_arithmetic_is_measured_and_recorded_and_repeatable(inputs, tmp_path, monkeypatch):
     """``auto`` is timed (not read off the CPU flags), recorded with the run, and two runs on
     this machine (the second from the cache) give the same weights."""
-    from cirl import train
+    from cirl.method import train
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     params = {**TRAIN, "loss": "bce", "precision": "auto", "channels_last": "auto"}
@@ -222,7 +222,7 @@ def test_chain_is_identical_in_two_processes(inputs, tmp_path):
 
 def _one_step_seeing(probe, data: Path, out: Path) -> list:
     """One BCE training step; what ``probe()`` returned inside the training, per epoch."""
-    from cirl import train
+    from cirl.method import train
 
     seen = []
     train.run(
@@ -245,7 +245,8 @@ def test_training_runs_in_deterministic_mode_and_restores_the_setting(inputs, tm
 def test_training_computes_subnormals_even_when_the_caller_flushes(inputs, tmp_path):
     """A thread left flushing by inference (onnxruntime never clears the mode it sets) would
     train other weights than a fresh process: training switches the mode off, then back."""
-    from cirl import fpenv, train
+    from cirl import fpenv
+    from cirl.method import train
 
     if not fpenv.available():
         pytest.skip("no fegetenv in this C library")
@@ -261,12 +262,12 @@ def test_training_computes_subnormals_even_when_the_caller_flushes(inputs, tmp_p
 
 def test_worker_threads_created_while_flushing_are_detected():
     """PyTorch's worker threads keep the mode of the moment they were made: training in such a
-    process warns (it cannot switch their mode), which :func:`cirl.train.flushing_threads`
+    process warns (it cannot switch their mode), which :func:`cirl.method.train.flushing_threads`
     detects in a new process whose first parallel op runs while flushing."""
     if torch.get_num_threads() < 2:
         pytest.skip("one thread: no worker threads")
     code = (
-        "import torch; from cirl.train import flushing_threads; "
+        "import torch; from cirl.method.train import flushing_threads; "
         "torch.set_flush_denormal(True); before = flushing_threads(); "
         "torch.set_flush_denormal(False); print(before, flushing_threads())"
     )

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cirl.cli import COMMANDS, build_parser
-from cirl.pipeline import STAGE_GROUPS
+from cirl.orchestration.cli import COMMANDS, build_parser
+from cirl.orchestration.pipeline import STAGE_GROUPS
 from conftest import REPO
 from services import seaweed_s3
 

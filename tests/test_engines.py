@@ -10,10 +10,12 @@ import os
 import numpy as np
 import pytest
 
-from cirl import export, fpenv, predict
-from cirl.engine import cpu_has_bf16, load_engine, read_metadata
+from cirl import fpenv
+from cirl.deploy import export, predict
+from cirl.deploy.engine import cpu_has_bf16, read_metadata
+from cirl.deploy.gate import GATE_KEY, gate_status
+from cirl.deploy.opener import load_engine
 from cirl.errors import CirlError
-from cirl.gate import GATE_KEY, gate_status
 
 TRAIN = {
     "model": "unet-small",
@@ -34,11 +36,11 @@ needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16
 def trained(tmp_path_factory):
     """A briefly trained unet-small on synthetic photos (F1 about 0.18: the engines' roundings
     move its scores), and the prepared folder."""
-    from cirl import train
-    from cirl.prepare import PrepareConfig
-    from cirl.prepare import run as prepare
-    from cirl.synth import SynthConfig
-    from cirl.synth import run as synth
+    from cirl.data.prepare import PrepareConfig
+    from cirl.data.prepare import run as prepare
+    from cirl.data.synth import SynthConfig
+    from cirl.data.synth import run as synth
+    from cirl.method import train
 
     root = tmp_path_factory.mktemp("engines")
     synth(SynthConfig(n=10, width=256, height=192), root / "raw")
@@ -85,7 +87,7 @@ def test_gate_scores_every_engine_and_writes_metadata(gated, trained):
     # the int8 copy carries its own verdict and the fp32 file pins the int8 file's hash
     own = json.loads(read_metadata(model.with_name("model.int8.onnx"))[GATE_KEY])
     assert set(own["engines"]) == {"onnx-int8"}
-    from cirl.checkpoint import file_sha256
+    from cirl.models.checkpoint import file_sha256
 
     assert engines["onnx-int8"]["file_sha256"] == file_sha256(model.with_name("model.int8.onnx"))
 
@@ -321,7 +323,7 @@ def test_predict_from_an_s3_prefix_equals_the_local_folder(
 
 
 def test_cli_predict_says_which_engine_and_why(gated, tmp_path, cache, capsys):
-    from cirl.cli import main
+    from cirl.orchestration.cli import main
 
     model, _ = gated
     _photos(tmp_path / "in", 1)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from cirl import evaluate, selection
-from cirl.checkpoint import file_sha256, save_checkpoint
+from cirl.data.prepare import PrepareConfig
+from cirl.data.prepare import run as prepare
+from cirl.method import evaluate, selection
 from cirl.models import build_model
-from cirl.prepare import PrepareConfig
-from cirl.prepare import run as prepare
+from cirl.models.checkpoint import file_sha256, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def _oracle(shift: int = 0, log_var: float | None = None):
 
 
 def test_perfect_prediction_scores_one(oracle_data, monkeypatch):
-    monkeypatch.setattr("cirl.inference.predict_prob", _oracle())
+    monkeypatch.setattr("cirl.models.inference.predict_prob", _oracle())
     cfg = evaluate.EvaluateConfig(device="cpu", overlays=1)
     summary = evaluate.run(cfg, oracle_data / "prep", oracle_data / "model.pt", oracle_data / "e")
     assert summary["f1"] == pytest.approx(1.0) and summary["ods"]["f1"] == pytest.approx(1.0)
@@ -73,7 +73,7 @@ def test_perfect_prediction_scores_one(oracle_data, monkeypatch):
 
 
 def test_shifted_prediction_is_forgiven_only_with_a_tolerance(oracle_data, monkeypatch):
-    monkeypatch.setattr("cirl.inference.predict_prob", _oracle(shift=2))
+    monkeypatch.setattr("cirl.models.inference.predict_prob", _oracle(shift=2))
     cfg = evaluate.EvaluateConfig(device="cpu", tolerance=2, overlays=0)
     summary = evaluate.run(cfg, oracle_data / "prep", oracle_data / "model.pt", oracle_data / "t")
     # a 3 px line moved down by 2 px overlaps on 1 row of 3: P = R = F1 = 1/3
@@ -84,7 +84,7 @@ def test_shifted_prediction_is_forgiven_only_with_a_tolerance(oracle_data, monke
 
 def test_select_keeps_high_variance_ring_pixels_only(oracle_data, monkeypatch):
     # sigma^2 = e^0 = 1 everywhere: A is the whole marginal ring at gamma 0.4, empty at 2
-    monkeypatch.setattr("cirl.inference.predict_prob", _oracle(log_var=0.0))
+    monkeypatch.setattr("cirl.models.inference.predict_prob", _oracle(log_var=0.0))
     cfg = selection.SelectConfig(gamma=0.4, device="cpu")
     result = selection.run(cfg, oracle_data / "prep", oracle_data / "model.pt", oracle_data / "s")
     assert result.tiles == 4 and result.selected_fraction == 1.0
@@ -121,7 +121,7 @@ def test_select_skips_tiles_without_crack_and_gives_them_an_empty_a(tmp_path, mo
     calls = []
     oracle = _oracle(log_var=0.0)
     monkeypatch.setattr(
-        "cirl.inference.predict_prob", lambda *a, **k: calls.append(1) or oracle(*a, **k)
+        "cirl.models.inference.predict_prob", lambda *a, **k: calls.append(1) or oracle(*a, **k)
     )
     cfg = selection.SelectConfig(gamma=0.4, device="cpu", split="train", verify_data=False)
     result = selection.run(cfg, root / "prep", root / "model.pt", root / "s")
@@ -174,7 +174,7 @@ def test_select_by_fraction_takes_the_highest_variance_share(oracle_data, monkey
         s = torch.linspace(-6.0, 2.0, w).expand_as(prob).clone()
         return (prob, s) if with_log_var else prob
 
-    monkeypatch.setattr("cirl.inference.predict_prob", predict_prob)
+    monkeypatch.setattr("cirl.models.inference.predict_prob", predict_prob)
     cfg = selection.SelectConfig(fraction=0.3, device="cpu")
     result = selection.run(cfg, oracle_data / "prep", oracle_data / "model.pt", oracle_data / "f")
     assert result.selected_fraction == pytest.approx(0.3, abs=0.03)
@@ -192,7 +192,7 @@ def test_select_by_fraction_takes_the_highest_variance_share(oracle_data, monkey
 
 
 def test_select_warns_when_nothing_is_selected(oracle_data, monkeypatch):
-    monkeypatch.setattr("cirl.inference.predict_prob", _oracle(log_var=-5.0))
+    monkeypatch.setattr("cirl.models.inference.predict_prob", _oracle(log_var=-5.0))
     result = selection.run(
         selection.SelectConfig(device="cpu"),
         oracle_data / "prep",
@@ -216,7 +216,7 @@ def test_calibration_takes_the_validation_splits_best_threshold(oracle_data, mon
     def weak(model, image, with_log_var=False):
         return image[:, :1] * 0.305
 
-    monkeypatch.setattr("cirl.inference.predict_prob", weak)
+    monkeypatch.setattr("cirl.models.inference.predict_prob", weak)
     cfg = evaluate.EvaluateConfig(device="cpu", overlays=0)
     summary = evaluate.run(cfg, oracle_data / "prep", oracle_data / "model.pt", oracle_data / "c")
     calibration = summary["threshold_calibration"]

@@ -11,12 +11,12 @@ import onnx
 import pytest
 import torch
 
-from cirl import export, predict
-from cirl.checkpoint import save_checkpoint
-from cirl.cli import main
-from cirl.engine import load_engine
+from cirl.deploy import export, predict
+from cirl.deploy.opener import load_engine
 from cirl.errors import CirlError
 from cirl.models import build_model
+from cirl.models.checkpoint import save_checkpoint
+from cirl.orchestration.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_predict_rejects_models_that_do_not_fit(exported, tmp_path):
 
 def _evaluation(folder, checkpoint, threshold):
     """An evaluation folder of ``checkpoint`` whose validation split calibrated ``threshold``."""
-    from cirl.checkpoint import file_sha256
+    from cirl.models.checkpoint import file_sha256
 
     folder.mkdir()
     metrics = {

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from cirl import staging
-from cirl.cli import main
 from cirl.errors import describe_os_error
+from cirl.orchestration.cli import main
 from conftest import write_pair
 
 
@@ -200,7 +200,7 @@ def test_an_output_on_a_read_only_file_system_is_one_line(tmp_path, capsys):
 
 def test_training_onto_a_full_disk_says_so_and_keeps_nothing_half_written(tmp_path, tiny_disk,
                                                                           capsys):  # fmt: skip
-    from cirl import prepare
+    from cirl.data import prepare
 
     for i in range(4):
         write_pair(tmp_path / "raw", f"p{i}", 96, 96, i)
@@ -227,10 +227,10 @@ def test_predict_onto_a_full_disk_stops_with_every_finished_photo_complete(tmp_p
     import numpy as np
     import torch
 
-    from cirl import export
-    from cirl.checkpoint import save_checkpoint
+    from cirl.deploy import export
+    from cirl.deploy.predict import OUTPUT_SUFFIXES
     from cirl.models import build_model
-    from cirl.predict import OUTPUT_SUFFIXES
+    from cirl.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("unet-small", base_width=4, std_head=False)

@@ -12,11 +12,11 @@ from pathlib import Path
 import cv2
 import pytest
 
-from cirl import evaluate, selection, train
-from cirl.checkpoint import file_sha256, save_checkpoint
 from cirl.data.manifest import read_manifest, verify_files
 from cirl.errors import CirlError
+from cirl.method import evaluate, selection, train
 from cirl.models import build_model
+from cirl.models.checkpoint import file_sha256, save_checkpoint
 
 TRAIN = {
     "model": "unet-small",
@@ -32,10 +32,10 @@ TRAIN = {
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     """A tiny prepared folder and a phase-I checkpoint next to it (never modified)."""
-    from cirl.prepare import PrepareConfig
-    from cirl.prepare import run as prepare
-    from cirl.synth import SynthConfig
-    from cirl.synth import run as synth
+    from cirl.data.prepare import PrepareConfig
+    from cirl.data.prepare import run as prepare
+    from cirl.data.synth import SynthConfig
+    from cirl.data.synth import run as synth
 
     root = tmp_path_factory.mktemp("integrity")
     synth(SynthConfig(n=4, width=256, height=192), root / "raw")

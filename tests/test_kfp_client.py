@@ -22,8 +22,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import yaml
 
-from cirl import pipeline
-from cirl.cli import main
+from cirl.orchestration import pipeline
+from cirl.orchestration.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "pipelines" / "training.yaml"

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cirl.losses import aseg_loss, ci_loss, marginal_region, masked_bce, nearest_neighbours
+from cirl.method.losses import aseg_loss, ci_loss, marginal_region, masked_bce, nearest_neighbours
 
 
 def test_marginal_region_is_a_two_pixel_ring():

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cirl.measure import (
+from cirl.deploy.measure import (
     CSV_COLUMNS,
     CSV_COLUMNS_MM,
     Crack,
@@ -20,10 +20,12 @@ from cirl.measure import (
     summarize,
     write_cracks_csv,
 )
-from cirl.measure import _chain_length as _chain_length  # private: our polyline length
-from cirl.measure import _graph as _graph  # private: skan's graph of a skeleton
-from cirl.measure import _path_points as _path_points  # private: a skan path's pixels
-from cirl.measure import _prune_spurs as _prune_spurs  # private: tested on a hand-made skeleton
+from cirl.deploy.measure import _chain_length as _chain_length  # private: our polyline length
+from cirl.deploy.measure import _graph as _graph  # private: skan's graph of a skeleton
+from cirl.deploy.measure import _path_points as _path_points  # private: a skan path's pixels
+from cirl.deploy.measure import (
+    _prune_spurs as _prune_spurs,  # private: tested on a hand-made skeleton
+)
 
 
 def band(
@@ -343,12 +345,12 @@ def test_regions_wider_than_the_bound_are_reported_not_measured():
 
 def test_a_photo_sized_region_is_never_thinned(monkeypatch):
     """The guard exists for this: thinning a 2048 x 1536 all-crack mask took 38 s."""
-    import cirl.measure
+    import cirl.deploy.measure
 
     def no_thinning(*args, **kwargs):
         raise AssertionError("a too-wide region reached the skeleton")
 
-    monkeypatch.setattr(cirl.measure, "_skeleton", no_thinning)
+    monkeypatch.setattr(cirl.deploy.measure, "_skeleton", no_thinning)
     regions: list[dict] = []
     assert measure_cracks(np.ones((1536, 2048), bool), max_width_px=200, too_wide=regions) == []
     assert len(regions) == 1 and regions[0]["pixels"] == 1536 * 2048
@@ -357,7 +359,7 @@ def test_a_photo_sized_region_is_never_thinned(monkeypatch):
 def test_a_perforated_region_is_gated_on_the_width_that_would_be_measured(monkeypatch):
     """Pinholes every 4 px keep the distance transform small (width 5 px) until they are
     filled; filled, the region is 600 px wide and must be reported, not thinned."""
-    import cirl.measure
+    import cirl.deploy.measure
 
     mask = np.ones((600, 800), bool)
     mask[2::4, 2::4] = False  # one-pixel holes on a 4 px grid
@@ -366,7 +368,7 @@ def test_a_perforated_region_is_gated_on_the_width_that_would_be_measured(monkey
     def no_thinning(*args, **kwargs):
         raise AssertionError("a too-wide region reached the skeleton")
 
-    monkeypatch.setattr(cirl.measure, "_skeleton", no_thinning)
+    monkeypatch.setattr(cirl.deploy.measure, "_skeleton", no_thinning)
     regions: list[dict] = []
     assert measure_cracks(mask, max_width_px=200, too_wide=regions) == []
     assert len(regions) == 1 and regions[0]["max_width_px"] > 500

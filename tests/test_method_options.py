@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cirl.losses import (
+from cirl.method.losses import (
     aseg_loss,
     ci_loss,
     clamp_log_var,
@@ -23,8 +23,8 @@ from cirl.losses import (
     marginal_region_torch,
     masked_bce,
 )
+from cirl.method.train import TrainConfig, _new_model, compute_loss
 from cirl.models import SegOutput
-from cirl.train import TrainConfig, _new_model, compute_loss
 
 
 def _grad_s(form: str, error: float, s: float, lam: float = 0.3) -> float:
@@ -182,7 +182,7 @@ def test_online_selection_needs_no_ambiguity_maps():
 
 
 def test_dihedral_views_invert():
-    from cirl.selection import dihedral_views
+    from cirl.method.selection import dihedral_views
 
     x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).view(2, 3, 4, 6)
     views = dihedral_views()
@@ -198,11 +198,11 @@ def test_dihedral_views_invert():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny prepared folder and a briefly trained phase-I model (BCE + Aseg, std head)."""
-    from cirl import train
-    from cirl.prepare import PrepareConfig
-    from cirl.prepare import run as prepare
-    from cirl.synth import SynthConfig
-    from cirl.synth import run as synth
+    from cirl.data.prepare import PrepareConfig
+    from cirl.data.prepare import run as prepare
+    from cirl.data.synth import SynthConfig
+    from cirl.data.synth import run as synth
+    from cirl.method import train
 
     root = tmp_path_factory.mktemp("options")
     synth(SynthConfig(n=4, width=256, height=192), root / "raw")
@@ -227,7 +227,7 @@ def test_select_error_rule_and_its_mechanism_numbers(tiny):
 
     import cv2
 
-    from cirl import selection
+    from cirl.method import selection
 
     cfg = selection.SelectConfig(rule="error", lam=0.3, views=8, device="cpu")
     result = selection.run(
@@ -254,9 +254,9 @@ def test_select_error_rule_and_its_mechanism_numbers(tiny):
 def test_select_variance_rule_reports_the_mechanism_numbers_too(tiny):
     import json
 
-    from cirl import selection
-
     # three steps from the lambda init: every ring pixel still has sigma^2 near lambda = 0.3
+    from cirl.method import selection
+
     selection.run(
         selection.SelectConfig(gamma=0.2, device="cpu"),
         tiny / "prep",
@@ -274,7 +274,7 @@ def test_select_variance_rule_reports_the_mechanism_numbers_too(tiny):
 
 
 def test_view_error_is_the_mean_over_views():
-    from cirl.selection import view_error
+    from cirl.method.selection import view_error
 
     class Shift(torch.nn.Module):  # a "model" whose output depends on orientation
         stride = 1
@@ -294,7 +294,7 @@ def test_view_error_is_the_mean_over_views():
 
 
 def test_online_phase2_trains_without_a_selection_folder(tiny):
-    from cirl import train
+    from cirl.method import train
 
     cfg = TrainConfig(
         phase=2, epochs=1, steps_per_epoch=2, crop=64, device="cpu", selection="online", k=3

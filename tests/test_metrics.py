@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cirl.metrics import SegmentationMetrics, disk, prf_scores
-from cirl.report import (
+from cirl.method.metrics import SegmentationMetrics, disk, prf_scores
+from cirl.method.report import (
     FALSE_POSITIVE,
     HIT,
     MISS,

@@ -172,7 +172,7 @@ def test_jtfn_rejects_zero_iterations() -> None:
 
 
 def test_checkpoint_round_trip_keeps_the_trained_std_head(tmp_path) -> None:
-    from cirl.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
+    from cirl.models.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
 
     model = build_model("unet-small", base_width=4)
     with torch.no_grad():
@@ -196,7 +196,7 @@ def test_checkpoint_round_trip_keeps_the_trained_std_head(tmp_path) -> None:
 def test_subnormal_weights_are_zeroed_for_export_and_kept_for_training():
     """Subnormal weights make x86 CPUs take a slow path; the exported model carries none,
     training keeps its weights bit for bit."""
-    from cirl.checkpoint import build_from_checkpoint, zero_subnormal_
+    from cirl.models.checkpoint import build_from_checkpoint, zero_subnormal_
 
     torch.manual_seed(0)
     model = build_model("unet-small", base_width=4, std_head=False)
@@ -217,7 +217,7 @@ def test_subnormal_weights_are_zeroed_for_export_and_kept_for_training():
 
 
 def test_subnormals_as_zero_is_on_inside_the_block_only():
-    from cirl.inference import subnormals_as_zero
+    from cirl.models.inference import subnormals_as_zero
 
     tiny = torch.tensor([1e-39, 1.0])
     assert (tiny * 1.0)[0].item() != 0  # IEEE: subnormals kept

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from cirl import config
-from cirl.cli import COMMANDS, build_parser, main
 from cirl.errors import CirlError
+from cirl.orchestration.cli import COMMANDS, build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "pipelines" / "training.yaml"
@@ -44,7 +44,7 @@ def test_committed_pipeline_yaml_is_what_the_code_compiles(tmp_path, profile, na
 def test_the_shipped_pipeline_is_the_committed_one_and_found_outside_a_checkout(
     tmp_path, monkeypatch
 ):
-    from cirl import pipeline
+    from cirl.orchestration import pipeline
 
     shipped = REPO / "src" / "cirl" / "packaged" / "training.yaml"
     assert shipped.read_text() == PACKAGE.read_text(), "run `python pipelines/training.py`"
@@ -56,7 +56,7 @@ def test_the_shipped_pipeline_is_the_committed_one_and_found_outside_a_checkout(
 
 
 def test_show_says_loudly_when_phase_two_had_no_ambiguous_pixel(tmp_path):
-    from cirl import pipeline
+    from cirl.orchestration import pipeline
 
     out = tmp_path / "run"
     (out / "select").mkdir(parents=True)
@@ -135,7 +135,7 @@ def test_heavy_tasks_request_a_gpu_and_no_task_installs_packages():
 
 
 def test_overrides_are_checked_before_anything_runs():
-    from cirl.pipeline import parse_overrides, stage_arguments
+    from cirl.orchestration.pipeline import parse_overrides, stage_arguments
 
     assert parse_overrides(["train.lr=0.01", "select.gamma=0.3"]) == {
         "train": {"lr": 0.01},
@@ -335,7 +335,7 @@ def test_stale_temporaries_of_killed_runs_are_removed_live_ones_kept(tmp_path):
 
 
 def test_task_errors_become_the_stage_error_line(capsys):
-    from cirl.tasks import task_errors
+    from cirl.orchestration.tasks import task_errors
 
     with pytest.raises(SystemExit) as exc, task_errors("evaluate"):
         raise CirlError("checkpoint x.pt not found; pass a .pt file")
@@ -346,7 +346,7 @@ def test_task_errors_become_the_stage_error_line(capsys):
 
 
 def test_task_params_from_kfp_structs_accept_integral_doubles():
-    from cirl.tasks import stage_config
+    from cirl.orchestration.tasks import stage_config
 
     cfg = stage_config("train", {"epochs": 3.0, "lr": 0.5}, phase=2)
     assert (cfg.epochs, cfg.phase, cfg.lr) == (3, 2, 0.5)
@@ -357,7 +357,7 @@ def test_task_params_from_kfp_structs_accept_integral_doubles():
 def test_open_run_in_a_cluster_pod_refuses_a_store_inside_the_pod(monkeypatch, tmp_path):
     """In a KFP pod (KFP_POD_NAME set by the backend) a SQLite store would die with the pod:
     the first task fails with the fix before any stage runs; tracking off opens nothing."""
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("KFP_POD_NAME", "cirl-training-abc-open-run")
@@ -371,7 +371,7 @@ def test_open_run_in_a_cluster_pod_refuses_a_store_inside_the_pod(monkeypatch, t
 def test_registration_with_tracking_off_registers_nothing_and_says_so(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from cirl import tasks
+    from cirl.orchestration import tasks
 
     def artifact(name):
         return SimpleNamespace(path=str(tmp_path / name), metadata={})

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from cirl.checkpoint import load_checkpoint
-from cirl.cli import main
 from cirl.errors import CirlError
+from cirl.models.checkpoint import load_checkpoint
+from cirl.orchestration.cli import main
 
 pytestmark = pytest.mark.smoke
 
@@ -158,7 +158,7 @@ def test_bce_baseline_has_no_std_head(prepared):
 
 
 def test_resume_continues_exactly(prepared):
-    from cirl.train import TrainConfig, run
+    from cirl.method.train import TrainConfig, run
 
     cfg = TrainConfig(
         model="unet-small", width=8, epochs=2, steps_per_epoch=2, crop=64, device="cpu", seed=5
@@ -188,7 +188,7 @@ def test_resume_continues_exactly(prepared):
 def test_interrupted_run_of_the_main_recipe_resumes_exactly(prepared):
     """Cosine schedule, class weights, crack-centred crops, bf16 and NHWC: a run cut after its
     first epoch and resumed ends with the weights of the run that was never interrupted."""
-    from cirl.train import TrainConfig, run
+    from cirl.method.train import TrainConfig, run
 
     recipe = {
         "lr_schedule": "cosine",
@@ -220,7 +220,7 @@ def test_interrupted_run_of_the_main_recipe_resumes_exactly(prepared):
 
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(prepared, monkeypatch):
-    from cirl import train
+    from cirl.method import train
 
     cfg = train.TrainConfig(
         model="unet-small", width=8, epochs=2, steps_per_epoch=2, crop=64, device="cpu", loss="bce"
@@ -243,7 +243,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(prepared, monkeypatch):
 
 
 def test_phase2_requires_its_inputs(prepared):
-    from cirl.train import TrainConfig, run
+    from cirl.method.train import TrainConfig, run
 
     with pytest.raises(CirlError, match="phase 2 needs --init"):
         run(TrainConfig(phase=2), prepared / "prep", prepared / "x", progress=False)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from cirl.data.manifest import COLUMNS, read_manifest
+from cirl.data.prepare import PrepareConfig, run
 from cirl.errors import CirlError
-from cirl.prepare import PrepareConfig, run
 from conftest import write_pair
 
 
@@ -112,7 +112,7 @@ def test_interrupted_run_keeps_previous_output(folder_dataset, tmp_path, monkeyp
     out = tmp_path / "p"
     run(PrepareConfig(tile=128), folder_dataset, "folder", out)
     before = (out / "manifest.csv").read_bytes()
-    import cirl.prepare as prepare_module
+    import cirl.data.prepare as prepare_module
 
     real_encode = prepare_module.encode_png
     calls = {"n": 0}

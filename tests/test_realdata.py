@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cirl.data.manifest import read_manifest
-from cirl.prepare import PrepareConfig, run
+from cirl.data.prepare import PrepareConfig, run
 
 pytestmark = pytest.mark.realdata
 

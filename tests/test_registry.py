@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cirl import registry, tracking
 from cirl.errors import CirlError
+from cirl.lineage import registry, tracking
 
 pytestmark = pytest.mark.smoke
 
@@ -34,7 +34,9 @@ pytestmark = pytest.mark.smoke
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """A tiny trained, evaluated and exported model, and a second prepared folder."""
-    from cirl import evaluate, export, prepare, synth, train
+    from cirl.data import prepare, synth
+    from cirl.deploy import export
+    from cirl.method import evaluate, train
 
     root = tmp_path_factory.mktemp("registry")
     synth.run(synth.SynthConfig(n=6, width=256, height=192), root / "raw")
@@ -225,7 +227,7 @@ def _masks(folder: Path) -> dict[str, np.ndarray]:
 
 
 def test_predict_through_the_registry_matches_the_file(model, store, tmp_path):
-    from cirl import predict
+    from cirl.deploy import predict
 
     registry.register(
         registry.RegisterConfig(name="crack-serve", promote=True),
@@ -261,9 +263,10 @@ def test_predict_through_the_registry_matches_the_file(model, store, tmp_path):
 def test_the_gated_int8_copy_travels_with_the_registered_model(model, store, tmp_path):
     """A model exported with --quantize static is registered with its int8 copy, and fetched
     with it beside the model: the same engines pass the gate as for the local files."""
-    from cirl import export
-    from cirl.engine import int8_path, load_engine, read_metadata
-    from cirl.gate import passed_engines
+    from cirl.deploy import export
+    from cirl.deploy.engine import int8_path, read_metadata
+    from cirl.deploy.gate import passed_engines
+    from cirl.deploy.opener import load_engine
     from cirl.hashing import file_sha256
 
     local = tmp_path / "quantized" / "model.onnx"
@@ -297,7 +300,7 @@ def test_the_gated_int8_copy_travels_with_the_registered_model(model, store, tmp
 
 
 def test_model_uri_errors_name_the_uri_and_the_fix(model, store, tmp_path):
-    from cirl.engine import load_engine
+    from cirl.deploy.opener import load_engine
 
     registry.register(
         registry.RegisterConfig(name="crack-err"), model["onnx"], model["eval"], None, store
@@ -459,7 +462,7 @@ def _objects(server, prefix: str) -> list[str]:
 
 
 def test_server_tracks_a_stage_and_registers_a_model(model, client_env, tmp_path, capsys):
-    from cirl import predict
+    from cirl.deploy import predict
 
     url = client_env["url"]
     cfg = tracking.TrackingConfig(track=True, tracking_uri=url, experiment="server-test")
@@ -583,7 +586,7 @@ def test_register_promote_and_predict_through_the_command_line(model, store, tmp
     """The commands a user runs: register, promote, then predict by alias."""
     import json
 
-    from cirl.cli import main
+    from cirl.orchestration.cli import main
 
     uri = ["--tracking-uri", store.tracking_uri]
     code = main(

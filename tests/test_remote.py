@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from cirl.data import remote
+from cirl.data.prepare import PrepareConfig, run
 from cirl.errors import CirlError
-from cirl.prepare import PrepareConfig, run
 from conftest import write_pair
 from services import seaweed_s3
 
@@ -175,9 +175,9 @@ def test_key_cannot_escape_the_download_folder(tmp_path):
 def onnx_model(tmp_path_factory) -> Path:
     import torch
 
-    from cirl import export
-    from cirl.checkpoint import save_checkpoint
+    from cirl.deploy import export
     from cirl.models import build_model
+    from cirl.models.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
@@ -189,7 +189,7 @@ def onnx_model(tmp_path_factory) -> Path:
 
 
 def _predict(uri: str, model: Path, out: Path) -> list[str]:
-    from cirl.cli import main
+    from cirl.orchestration.cli import main
 
     return main(["predict", uri, "--model", str(model), "--out", str(out), "--engine", "onnx",
                  "--tile", "128", "--overlap", "16", "-q"])  # fmt: skip
@@ -220,18 +220,18 @@ def test_predict_gives_up_on_an_endpoint_that_stopped_answering(s3_env, onnx_mod
     import signal
     import time
 
-    import cirl.predict
+    import cirl.deploy.predict
 
     monkeypatch.setenv("CIRL_S3_READ_TIMEOUT", "1")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    listed = cirl.predict._inputs
+    listed = cirl.deploy.predict._inputs
 
     def list_then_pause(inputs):
         found = listed(inputs)
         os.kill(s3_env.pid, signal.SIGSTOP)
         return found
 
-    monkeypatch.setattr(cirl.predict, "_inputs", list_then_pause)
+    monkeypatch.setattr(cirl.deploy.predict, "_inputs", list_then_pause)
     start = time.perf_counter()
     try:
         code = _predict(f"{URI}/images", onnx_model, tmp_path / "out")

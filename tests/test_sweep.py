@@ -45,10 +45,10 @@ POINTS = ["--lam", "0.3", "--gamma", "0.4,0.1", "--k", "5", "--beta", "0.2,0.05"
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    from cirl.prepare import PrepareConfig
-    from cirl.prepare import run as prepare
-    from cirl.synth import SynthConfig
-    from cirl.synth import run as synth
+    from cirl.data.prepare import PrepareConfig
+    from cirl.data.prepare import run as prepare
+    from cirl.data.synth import SynthConfig
+    from cirl.data.synth import run as synth
 
     root = tmp_path_factory.mktemp("sweep")
     synth(SynthConfig(n=6, width=256, height=192), root / "raw")
@@ -87,6 +87,13 @@ def test_sensitivity_sweep_completes_shares_phase1_and_writes_reports(workdir):
     cache = out / "cache"
     assert len([p for p in cache.glob("phase1-*") if p.is_dir()]) == 1
     assert len([p for p in cache.glob("select-*") if p.is_dir()]) == 3
+    # every phase II started where the pipeline's does (cirl.method.recipe): phase I's best.pt
+    (phase1,) = [p for p in cache.glob("phase1-*") if p.is_dir()]
+    from cirl.method import recipe
+
+    for folder in (out / "trials").iterdir():
+        record = json.loads((folder / "config.json").read_text())
+        assert Path(record["init"]) == recipe.phase2_init(phase1), folder
     for name in ("sensitivity.png", "importance.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sensitivity = list(csv.DictReader((out / "sensitivity.csv").read_text().splitlines()))

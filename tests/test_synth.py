@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
+from cirl.data.synth import SynthConfig, draw_crack, render_sample, run
 from cirl.errors import CirlError
-from cirl.synth import SynthConfig, draw_crack, render_sample, run
 
 SMALL = SynthConfig(n=3, width=320, height=240)
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from cirl.data.manifest import read_manifest
+from cirl.data.prepare import PrepareConfig, run
 from cirl.data.tiles import TileDataset
 from cirl.errors import CirlError
-from cirl.prepare import PrepareConfig, run
 from conftest import write_pair
 
 

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from cirl import tracking
 from cirl.config import to_dict
 from cirl.errors import CirlError
+from cirl.lineage import tracking
 
 pytestmark = pytest.mark.smoke
 
 
 def _tiny_train(**changes):
-    from cirl.train import TrainConfig
+    from cirl.method.train import TrainConfig
 
     base = dict(
         model="unet-small", width=8, epochs=2, steps_per_epoch=2, crop=64, k=4, device="cpu"
@@ -33,7 +33,7 @@ def _tiny_train(**changes):
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
-    from cirl import synth
+    from cirl.data import synth
 
     root = tmp_path_factory.mktemp("tracking")
     synth.run(synth.SynthConfig(n=6, width=256, height=192), root / "raw")
@@ -58,7 +58,8 @@ def _client(cfg: tracking.TrackingConfig):
 def test_pipeline_run_nests_stage_runs_with_params_metrics_tags_dataset(
     raw, store, tmp_path, monkeypatch
 ):
-    from cirl import prepare, train
+    from cirl.data import prepare
+    from cirl.method import train
 
     monkeypatch.setenv("CIRL_IMAGE_DIGEST", "sha256:" + "ab" * 32)
     monkeypatch.setenv("KFP_RUN_ID", "kfp-run-7")
@@ -150,7 +151,7 @@ def test_separate_process_nests_under_parent_from_environment(store, tmp_path):
     try:
         code = textwrap.dedent(
             f"""
-            from cirl import tracking
+            from cirl.lineage import tracking
             cfg = tracking.TrackingConfig(track=True, tracking_uri={store.tracking_uri!r})
             with tracking.stage_run("select", None, cfg) as run:
                 run.log_metrics({{"selected_fraction": 0.25}})
@@ -326,7 +327,9 @@ def test_missing_sqlite_folder_is_named(tmp_path):
 
 
 def test_lineage_tags_fall_back_to_the_image_environment(tmp_path, monkeypatch):
-    monkeypatch.setattr(tracking, "REPO_ROOT", tmp_path)  # no .git: as in a container
+    from cirl.lineage import records
+
+    monkeypatch.setattr(records, "REPO_ROOT", tmp_path)  # no .git: as in a container
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CIRL_GIT_COMMIT", "f" * 40)
     monkeypatch.setenv("CIRL_GIT_DIRTY", "false")
@@ -359,7 +362,7 @@ def test_stage_commands_record_runs_with_track_and_refuse_a_dead_server_first(
     """The CLI stages: `--track` records one run per command, nested under
     `--parent-run-id`, with the epoch metrics; an unreachable server stops the command before
     it writes anything."""
-    from cirl.cli import main
+    from cirl.orchestration.cli import main
 
     parent = tracking.start_pipeline_run(store, run_name="by hand")
     uri = ["--track", "--tracking-uri", store.tracking_uri, "--parent-run-id", parent]

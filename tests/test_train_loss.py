@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cirl.losses import aseg_loss, ci_loss, masked_bce
+from cirl.method.losses import aseg_loss, ci_loss, masked_bce
+from cirl.method.train import TrainConfig, compute_loss
 from cirl.models import SegOutput
-from cirl.train import TrainConfig, compute_loss
 
 
 def _batch_and_output(seed: int = 0):
@@ -61,7 +61,7 @@ def test_phase2_is_bce_outside_a_plus_beta_ci_inside():
 
 
 def test_class_balance_weights_crack_pixels_and_dice_is_added_on_supervised_pixels():
-    from cirl.losses import soft_dice_loss
+    from cirl.method.losses import soft_dice_loss
 
     batch, out = _batch_and_output()
     cfg = TrainConfig(loss="bce", pos_weight=4.0, dice=0.5)
@@ -91,7 +91,7 @@ def test_class_balance_weights_crack_pixels_and_dice_is_added_on_supervised_pixe
 
 
 def test_soft_dice_is_zero_for_a_perfect_prediction_and_of_an_empty_batch():
-    from cirl.losses import soft_dice_loss
+    from cirl.method.losses import soft_dice_loss
 
     target = torch.zeros(1, 1, 8, 8)
     target[..., 2:4, 2:6] = 1
@@ -104,7 +104,7 @@ def test_soft_dice_is_zero_for_a_perfect_prediction_and_of_an_empty_batch():
 
 
 def test_cosine_schedule_runs_from_lr_to_zero_and_constant_stays():
-    from cirl.train import learning_rate
+    from cirl.method.train import learning_rate
 
     cosine = TrainConfig(lr=1e-3, lr_schedule="cosine")
     assert learning_rate(cosine, 0, 100) == pytest.approx(1e-3)

@@ -6,7 +6,7 @@ import pytest
 from cirl.data.manifest import TileRecord
 from cirl.data.tiles import TileDataset, _random_crop
 from cirl.errors import CirlError
-from cirl.train import TrainConfig
+from cirl.method.train import TrainConfig
 
 
 def _record(w: int = 128, h: int = 128) -> TileRecord:

@@ -1,3 +1,3 @@
-from cirl.cli import main
+from cirl.orchestration.cli import main
 
 raise SystemExit(main())

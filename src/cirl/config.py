@@ -181,19 +181,22 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 # The stage configs by params.yaml group: the one declaration from which the CLI options, the
 # KFP components' parameters and the params.yaml groups are derived. Import paths, not classes,
 # so that ``import cirl.config`` stays light.
+# the groups the training pipeline's tasks read (one pipeline parameter each)
+PIPELINE_GROUPS = ("prepare", "train", "select", "evaluate", "export", "tracking", "register")
+
 STAGE_CONFIGS: dict[str, str] = {
-    "synth": "cirl.synth:SynthConfig",
-    "prepare": "cirl.prepare:PrepareConfig",
-    "train": "cirl.train:TrainConfig",
-    "select": "cirl.selection:SelectConfig",
-    "evaluate": "cirl.evaluate:EvaluateConfig",
-    "export": "cirl.export:ExportConfig",
-    "predict": "cirl.predict:PredictConfig",
-    "tracking": "cirl.tracking:TrackingConfig",
-    "register": "cirl.registry:RegisterConfig",
-    "promote": "cirl.registry:PromoteConfig",
+    "synth": "cirl.data.synth:SynthConfig",
+    "prepare": "cirl.data.prepare:PrepareConfig",
+    "train": "cirl.method.train_config:TrainConfig",
+    "select": "cirl.method.selection:SelectConfig",
+    "evaluate": "cirl.method.evaluate:EvaluateConfig",
+    "export": "cirl.deploy.export:ExportConfig",
+    "predict": "cirl.deploy.predict:PredictConfig",
+    "tracking": "cirl.lineage.tracking:TrackingConfig",
+    "register": "cirl.lineage.registry:RegisterConfig",
+    "promote": "cirl.lineage.registry:PromoteConfig",
     "audit": "cirl.audit:AuditConfig",
-    "sweep": "cirl.sweep:SweepConfig",
+    "sweep": "cirl.tuning.sweep:SweepConfig",
 }
 
 

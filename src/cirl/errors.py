@@ -44,3 +44,15 @@ def describe_os_error(exc: OSError, output: object = None) -> str:
     what = exc.strerror or os.strerror(exc.errno or 0)
     fix = _FIXES.get(name, "check the path and the disk")
     return f"{where}: {what} [{name or type(exc).__name__}]; {fix}"
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's text, its first line only, at most ``limit`` characters."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else ""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as ``Type: text`` with all its text folded onto one line (for a message
+    that quotes a library's multi-line error, or a tag)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:limit]}"

@@ -2,7 +2,7 @@
 
 A CPU thread's floating-point environment (on x86 the MXCSR register: rounding, exception masks,
 flush-to-zero and denormals-are-zero) decides whether subnormal floats (below 1.2e-38) are
-computed or read as zero. Inference wants them as zero (:mod:`cirl.inference` says why: up to
+computed or read as zero. Inference wants them as zero (:mod:`cirl.models.inference` says why: up to
 14x faster); training must not, or its weights stop being what a fresh process computes.
 onnxruntime's ``session.set_denormal_as_zero`` sets the mode on the thread that creates the
 session and never clears it, so an ONNX check followed by training in the same process

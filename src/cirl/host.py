@@ -1,10 +1,11 @@
 """This machine: its CPU as runs record it, and the choices measured on it, kept per setting.
 
-Two choices are made by timing on the machine itself and kept in ``$XDG_CACHE_HOME/cirl/``:
-the training arithmetic (:mod:`cirl.arithmetic`, ``train-arithmetic.json``) and the inference
-engine (:func:`cirl.gate.choose_engine`, ``engine-choice.json``). Each file maps a key (a hash
-of everything the timing depends on) to the choice. A home that cannot be written only loses
-the keeping: the choice is still made, with a warning. No torch here: prediction paths use it.
+Two choices are made by timing on the machine itself and kept in ``$XDG_CACHE_HOME/cirl/``: the
+training arithmetic (:mod:`cirl.method.arithmetic`, ``train-arithmetic.json``) and the inference
+engine (:func:`cirl.deploy.gate.choose_engine`, ``engine-choice.json``). Each file maps a key (a
+hash of everything the timing depends on) to the choice. A home that cannot be written only
+loses the keeping: the choice is still made, with a warning. No torch here: prediction paths use
+it.
 """
 
 from __future__ import annotations
@@ -107,3 +108,13 @@ def keep(name: str, key: str, entry: dict, what: str) -> None:
             tmp.write_text(json.dumps(known, indent=2) + "\n")
     except (OSError, CirlError) as exc:  # a read-only home: the choice is made, not kept
         log.warning("could not cache %s in %s (%s)", what, path, exc)
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of a Python package (None when it is not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None

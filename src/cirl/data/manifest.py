@@ -30,9 +30,10 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 from cirl.errors import CirlError
 
@@ -148,6 +149,43 @@ def read_manifest(path: str | os.PathLike) -> list[TileRecord]:
     return records
 
 
+class FileCheck(NamedTuple):
+    """One file of a manifest row: the SHA-256 the manifest expects and the one it has
+    (``actual`` None and ``error`` set when it cannot be read)."""
+
+    record: TileRecord
+    column: str
+    path: Path
+    expected: str
+    actual: str | None
+    error: OSError | None
+
+
+def check_files(
+    folder: str | os.PathLike,
+    records: Iterable[TileRecord],
+    split: str | Iterable[str] | None = None,
+) -> Iterator[FileCheck]:
+    """Hash each file of ``records`` (those of ``split`` only, when given) against its
+    manifest column, one :class:`FileCheck` a file; each file read once, in 1 MiB blocks."""
+    from cirl.hashing import file_sha256
+
+    folder = Path(folder)
+    splits = None if split is None else {split} if isinstance(split, str) else set(split)
+    for record in records:
+        if splits is not None and record.split not in splits:
+            continue
+        for column in FILE_COLUMNS:
+            name = getattr(record, column)
+            if not name:
+                continue
+            path, expected = folder / name, getattr(record, f"{column}_sha256")
+            try:
+                yield FileCheck(record, column, path, expected, file_sha256(path), None)
+            except OSError as exc:
+                yield FileCheck(record, column, path, expected, None, exc)
+
+
 def verify_files(
     folder: str | os.PathLike,
     records: Iterable[TileRecord],
@@ -170,34 +208,22 @@ def verify_files(
         CirlError: naming the file, its tile, the expected and the actual SHA-256 (or that it
             is missing) and the fix: restore the data or re-run ``cirl prepare``.
     """
-    from cirl.checkpoint import file_sha256
-
-    folder = Path(folder)
-    splits = None if split is None else {split} if isinstance(split, str) else set(split)
     fix = (
         "the prepared data changed after `cirl prepare`: restore the original files "
         f"(e.g. from the data remote) or re-run `cirl prepare` to rewrite {folder}"
     )
     checked = 0
-    for record in records:
-        if splits is not None and record.split not in splits:
-            continue
-        for column in FILE_COLUMNS:
-            name = getattr(record, column)
-            if not name:
-                continue
-            file, expected = folder / name, getattr(record, f"{column}_sha256")
-            try:
-                actual = file_sha256(file)
-            except OSError as exc:
-                raise CirlError(
-                    f"{file}: cannot read the {column} of tile {record.tile_id!r} "
-                    f"({exc.strerror or exc}); {fix}"
-                ) from None
-            if actual != expected:
-                raise CirlError(
-                    f"{file}: SHA-256 mismatch for the {column} of tile {record.tile_id!r}: "
-                    f"the manifest expects {expected or '(none)'}, the file has {actual}; {fix}"
-                )
-            checked += 1
+    for check in check_files(folder, records, split):
+        file, tile = check.path, check.record.tile_id
+        if check.error is not None:
+            raise CirlError(
+                f"{file}: cannot read the {check.column} of tile {tile!r} "
+                f"({check.error.strerror or check.error}); {fix}"
+            )
+        if check.actual != check.expected:
+            raise CirlError(
+                f"{file}: SHA-256 mismatch for the {check.column} of tile {tile!r}: the "
+                f"manifest expects {check.expected or '(none)'}, the file has {check.actual}; {fix}"
+            )
+        checked += 1
     return checked

@@ -24,6 +24,8 @@ from typing import Any
 
 from cirl import __version__
 from cirl.errors import CirlError
+from cirl.lineage import schema
+from cirl.lineage.schema import Tag
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def resolved_config(args: argparse.Namespace, group: str) -> Any:
 def _tracked(args: argparse.Namespace, stage: str, cfg: Any, **kwargs: Any) -> Iterator[Any]:
     """The stage's MLflow run when tracking is on (``--track`` or ``tracking.track`` in
     ``--params``); a run that does nothing otherwise. Yields the run."""
-    from cirl import tracking
+    from cirl.lineage import tracking
 
     tcfg = resolved_config(args, "tracking")
     parent = getattr(args, "parent_run_id", None)
@@ -174,7 +176,7 @@ def _with_run(payload: dict, run: Any) -> dict:
 
 
 def _cmd_synth(args: argparse.Namespace, cfg) -> int:
-    from cirl import synth
+    from cirl.data import synth
 
     result = synth.run(cfg, args.out)
     _print_json(
@@ -184,9 +186,9 @@ def _cmd_synth(args: argparse.Namespace, cfg) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace, cfg) -> int:
-    from cirl import prepare
+    from cirl.data import prepare
 
-    with _tracked(args, "prepare", cfg, out=args.out, tags={"cirl.source": args.source}) as run:
+    with _tracked(args, "prepare", cfg, out=args.out, tags={Tag.SOURCE: args.source}) as run:
         result = prepare.run(cfg, args.source, args.format, args.out, progress=not args.quiet)
     payload = {
         "out": str(result.out),
@@ -200,9 +202,9 @@ def _cmd_prepare(args: argparse.Namespace, cfg) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, cfg) -> int:
-    from cirl import train
+    from cirl.method import train
 
-    name = "train baseline" if cfg.loss == "bce" else f"train phase {cfg.phase}"
+    name = schema.training_stage(cfg.phase, cfg.loss)
     with _tracked(args, "train", cfg, data=args.data, out=args.out, run_name=name) as run:
         result = train.run(
             cfg,
@@ -214,7 +216,7 @@ def _cmd_train(args: argparse.Namespace, cfg) -> int:
             progress=not args.quiet,
             on_epoch=run.on_epoch,
         )
-        run.set_tags(result.arithmetic_tags())
+        run.set_tags(schema.arithmetic_tags(result.provenance))
     last = result.history[-1] if result.history else {}
     payload = {
         "out": str(result.out),
@@ -229,8 +231,8 @@ def _cmd_train(args: argparse.Namespace, cfg) -> int:
 
 
 def _cmd_select(args: argparse.Namespace, cfg) -> int:
-    from cirl import selection
-    from cirl.inference import subnormals_as_zero
+    from cirl.method import selection
+    from cirl.models.inference import subnormals_as_zero
 
     with subnormals_as_zero(), _tracked(args, "select", cfg, data=args.data, out=args.out) as run:
         result = selection.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
@@ -239,8 +241,8 @@ def _cmd_select(args: argparse.Namespace, cfg) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace, cfg) -> int:
-    from cirl import evaluate
-    from cirl.inference import subnormals_as_zero
+    from cirl.method import evaluate
+    from cirl.models.inference import subnormals_as_zero
 
     with subnormals_as_zero(), _tracked(args, "evaluate", cfg, data=args.data, out=args.out) as run:
         summary = evaluate.run(cfg, args.data, args.checkpoint, args.out, progress=not args.quiet)
@@ -256,8 +258,8 @@ def _cmd_evaluate(args: argparse.Namespace, cfg) -> int:
 
 
 def _cmd_export(args: argparse.Namespace, cfg) -> int:
-    from cirl import export
-    from cirl.inference import subnormals_as_zero
+    from cirl.deploy import export
+    from cirl.models.inference import subnormals_as_zero
 
     with subnormals_as_zero(), _tracked(args, "export", cfg, out=args.out) as run:
         result = export.run(cfg, args.checkpoint, args.out, data=args.data,
@@ -288,7 +290,7 @@ def _cmd_export(args: argparse.Namespace, cfg) -> int:
 
 
 def _cmd_register(args: argparse.Namespace, cfg) -> int:
-    from cirl import registry
+    from cirl.lineage import registry
 
     tcfg = resolved_config(args, "tracking")
     result = registry.register(
@@ -300,7 +302,7 @@ def _cmd_register(args: argparse.Namespace, cfg) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace, cfg) -> int:
-    from cirl import registry
+    from cirl.lineage import registry
 
     result = registry.promote(cfg, args.version, resolved_config(args, "tracking"))
     _print_json(dataclasses.asdict(result))
@@ -308,7 +310,8 @@ def _cmd_promote(args: argparse.Namespace, cfg) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace, cfg) -> int:
-    from cirl import audit, registry
+    from cirl import audit
+    from cirl.lineage import registry
 
     uri = args.uri
     if args.at:
@@ -333,8 +336,8 @@ def _cmd_audit(args: argparse.Namespace, cfg) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace, cfg) -> int:
-    from cirl import predict
-    from cirl.inference import subnormals_as_zero
+    from cirl.deploy import predict
+    from cirl.models.inference import subnormals_as_zero
 
     with subnormals_as_zero():
         result = predict.run(
@@ -368,9 +371,10 @@ def _cmd_predict(args: argparse.Namespace, cfg) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace, cfg) -> int:
-    from cirl import config, sweep
-    from cirl.selection import SelectConfig
-    from cirl.train import TrainConfig
+    from cirl import config
+    from cirl.method.selection import SelectConfig
+    from cirl.method.train import TrainConfig
+    from cirl.tuning import sweep
 
     # the recipe and the defaults: the train and select groups of --params (the sweep's own
     # options share names with their keys, so they are not read from the command line here)
@@ -678,7 +682,7 @@ def _config_class(group: str) -> type:
 
 
 def _pipeline_arguments(args: argparse.Namespace) -> dict:
-    from cirl import pipeline
+    from cirl.orchestration import pipeline
 
     arguments: dict[str, Any] = {}
     if args.package is None:
@@ -705,7 +709,7 @@ def _pipeline_arguments(args: argparse.Namespace) -> dict:
 
 def _package(args: argparse.Namespace, tmp_dir: str) -> str:
     """The package to use: ``--package``, with every task's image replaced by ``--image``."""
-    from cirl import pipeline
+    from cirl.orchestration import pipeline
 
     if args.package is None:
         args.package = str(pipeline.default_package())
@@ -723,7 +727,7 @@ def _package(args: argparse.Namespace, tmp_dir: str) -> str:
 def _cmd_pipeline_run(args: argparse.Namespace) -> int:
     import tempfile
 
-    from cirl import pipeline
+    from cirl.orchestration import pipeline
 
     if not args.source:
         raise CirlError("--source is required: a raw dataset folder or s3://bucket/prefix")
@@ -751,7 +755,7 @@ def _cmd_pipeline_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_pipeline_show(args: argparse.Namespace) -> int:
-    from cirl import pipeline
+    from cirl.orchestration import pipeline
 
     print(pipeline.summary_text(args.out))
     return 0
@@ -760,7 +764,7 @@ def _cmd_pipeline_show(args: argparse.Namespace) -> int:
 def _cmd_pipeline_submit(args: argparse.Namespace) -> int:
     import tempfile
 
-    from cirl import pipeline
+    from cirl.orchestration import pipeline
 
     if not args.source:
         raise CirlError("--source is required: on a cluster, s3://bucket/prefix of the photos")
@@ -781,7 +785,7 @@ def _cmd_pipeline_submit(args: argparse.Namespace) -> int:
 def _cmd_pipeline_schedule(args: argparse.Namespace) -> int:
     import tempfile
 
-    from cirl import pipeline
+    from cirl.orchestration import pipeline
 
     if not args.source:
         raise CirlError("--source is required: on a cluster, s3://bucket/prefix of the photos")

@@ -98,7 +98,7 @@ class PredictConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
-        from cirl.engine import ENGINES
+        from cirl.deploy.engine import ENGINES
 
         if self.engine not in ENGINES:
             raise ValueError(
@@ -181,7 +181,7 @@ def sliding_window(
 
     Args:
         image_rgb: ``(H, W, 3)`` uint8 RGB photo of any size.
-        engine: an engine from :func:`cirl.engine.load_engine`.
+        engine: an engine from :func:`cirl.deploy.opener.load_engine`.
         cfg: tile, overlap, batch and threshold (``auto``: the engine's model's).
 
     Returns:
@@ -308,7 +308,7 @@ def predict_one(
     path: Path, name: str, engine, cfg: PredictConfig, out: Path, photo: _Photo | None = None
 ) -> dict:
     """Process one photo and write its five outputs (the report last); returns its report."""
-    from cirl.measure import measure_cracks, summarize, write_cracks_csv
+    from cirl.deploy.measure import measure_cracks, summarize, write_cracks_csv
 
     t0 = time.perf_counter()
     image_bgr, notes = read_image_with_notes(path)
@@ -396,7 +396,7 @@ def predict_one(
 def _warm_measure() -> None:
     """Import the measurement and compile its JIT paths on a tiny mask with a junction."""
     try:
-        from cirl.measure import measure_cracks
+        from cirl.deploy.measure import measure_cracks
 
         mask = np.zeros((40, 40), bool)
         mask[20, 5:35] = True
@@ -639,7 +639,7 @@ def run(
     import tempfile
     import threading
 
-    from cirl.engine import load_engine
+    from cirl.deploy.opener import load_engine
 
     photos, listing = _inputs(inputs)
     engine = load_engine(

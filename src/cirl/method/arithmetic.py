@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from cirl import host
+from cirl.method.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def _probe_batch(cfg: Any, side: int) -> dict[str, torch.Tensor]:
 
 def time_steps(cfg: Any, side: int, arms: list[tuple[str, bool]], rounds: int = ROUNDS) -> dict:
     """Median seconds per training step of each arm (after :data:`WARMUP` steps each)."""
-    from cirl.train import _autocast, _new_model, compute_loss
+    from cirl.method.step import _autocast, _new_model, compute_loss
 
     device = torch.device("cpu")
     with torch.random.fork_rng(devices=[]):
@@ -177,3 +178,40 @@ def choose(cfg: Any, side: int) -> dict[str, Any]:
     host.keep(CACHE, key, entry, "the training arithmetic")
     log.info("training arithmetic %s (%s)", chosen, why)
     return {**entry, "cached": False}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN reports native bfloat16 (AMX or AVX-512 BF16). Reported by the
+    benchmarks only: it does not say that bf16 is faster here (:mod:`cirl.method.arithmetic`)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def resolve_arithmetic(
+    cfg: TrainConfig, device: torch.device, side: int, recorded: dict | None = None
+) -> dict:
+    """The run's arithmetic: ``precision`` (``fp16`` CUDA amp, ``bf16`` or ``fp32``) and
+    ``channels_last``, with how they were chosen.
+
+    ``recorded`` (the provenance of the run being resumed) wins over a new measurement for
+    what the config leaves to ``auto``, so a resumed run computes as it started. On CPU the
+    rest is :func:`cirl.method.arithmetic.choose`; on CUDA ``amp`` decides and ``auto`` is NCHW.
+    """
+    if device.type != "cpu":
+        return {
+            "precision": "fp16" if cfg.amp and device.type == "cuda" else "fp32",
+            "channels_last": cfg.channels_last is True,
+            "why": f"{device.type}: amp {'on' if cfg.amp else 'off'}",
+        }
+    if recorded and recorded.get("precision") in ("fp32", "bf16"):
+        want = (recorded["precision"], bool(recorded.get("channels_last")))
+        if want in candidates(cfg.precision, cfg.channels_last):
+            return {
+                **(recorded.get("arithmetic") or {}),
+                "precision": want[0],
+                "channels_last": want[1],
+                "why": "as recorded by the run resumed",
+            }
+    return choose(cfg, side)

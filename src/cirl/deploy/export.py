@@ -15,7 +15,7 @@ Metadata (``metadata_props``): cirl version, opset, stride, input/output contrac
 config, the training config, the checkpoint's SHA-256 and provenance (data folder and manifest
 SHA-256, init checkpoint), and the measured parity.
 
-Faster engines (``cirl.gate``): with a prepared folder (``--data``, or the folder recorded in
+Faster engines (``cirl.deploy.gate``): with a prepared folder (``--data``, or the folder recorded in
 the checkpoint when it is still there) the **accuracy gate** scores onnxruntime fp32 (the
 reference), OpenVINO fp32 and bf16 (where the CPU has it) and the int8 copy on ``split`` (the
 validation split) and writes the verdicts into the model's metadata (``accuracy_gate``);
@@ -43,9 +43,9 @@ from torch import nn
 
 from cirl import __version__
 from cirl.config import to_dict
-from cirl.engine import int8_path
+from cirl.deploy.engine import int8_path
+from cirl.deploy.gate import GATE_KEY
 from cirl.errors import CirlError
-from cirl.gate import GATE_KEY
 from cirl.staging import staged_file
 
 CALIBRATION_KEYS = ("decision_threshold", "threshold_calibration")
@@ -219,7 +219,7 @@ def run(
     """
     import onnx
 
-    from cirl.checkpoint import (
+    from cirl.models.checkpoint import (
         build_from_checkpoint,
         file_sha256,
         load_checkpoint,
@@ -328,7 +328,7 @@ def _gate_data(
     data: str | os.PathLike | None, provenance: dict, cfg: ExportConfig, report: dict
 ) -> Path | None:
     """The prepared folder of the gate and the calibration: ``--data``, else the checkpoint's."""
-    from cirl.checkpoint import file_sha256
+    from cirl.hashing import file_sha256
 
     recorded = provenance.get("data")
     if data is not None:
@@ -426,7 +426,7 @@ def _set_metadata(path: Path, values: dict[str, str]) -> None:
 
 def _gate(model: Path, cfg: ExportConfig, data: Path | None, int8: Path | None, report: dict):
     """Run the accuracy gate if asked and possible; record it in the report."""
-    from cirl.gate import run_gate
+    from cirl.deploy.gate import run_gate
 
     if not cfg.gate:
         report["accuracy_gate"] = {"skipped": "gate: false"}
@@ -484,7 +484,7 @@ def _quantize(fp32: Path, target: Path, cfg: ExportConfig, data: Path | None) ->
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from cirl.engine import read_metadata
+    from cirl.deploy.engine import read_metadata
 
     stride = int(read_metadata(fp32)["stride"])
     t0 = time.perf_counter()

@@ -108,12 +108,12 @@ def run(
         CirlError: on a missing or foreign checkpoint, a split with no tiles, or a file of the
             split that differs from the manifest (``verify_data``).
     """
-    from cirl.checkpoint import build_from_checkpoint, file_sha256, load_checkpoint
     from cirl.data.tiles import TileDataset
-    from cirl.inference import predict_prob
-    from cirl.metrics import SegmentationMetrics
-    from cirl.report import render_overlay, select_overlay_names, write_report_into
-    from cirl.train import resolve_device
+    from cirl.method.metrics import SegmentationMetrics
+    from cirl.method.report import render_overlay, select_overlay_names, write_report_into
+    from cirl.models.checkpoint import build_from_checkpoint, file_sha256, load_checkpoint
+    from cirl.models.device import resolve_device
+    from cirl.models.inference import predict_prob
 
     data, checkpoint = Path(data), Path(checkpoint)
     payload = load_checkpoint(checkpoint)
@@ -199,7 +199,7 @@ def calibrate(cfg: EvaluateConfig, data: Path, model, device, scored, progress: 
         split's per-image and pooled scores at the threshold).
     """
     from cirl.data.tiles import TileDataset
-    from cirl.metrics import SegmentationMetrics
+    from cirl.method.metrics import SegmentationMetrics
 
     try:
         dataset = TileDataset(data, cfg.calibrate)
@@ -228,7 +228,7 @@ def calibrate(cfg: EvaluateConfig, data: Path, model, device, scored, progress: 
 
 def _probabilities(model, device, dataset, progress: bool, desc: str):
     """``(index, item, probability map)`` for every tile of ``dataset``, in order."""
-    from cirl.inference import predict_prob
+    from cirl.models.inference import predict_prob
 
     indices = range(len(dataset))
     if progress:

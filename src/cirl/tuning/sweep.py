@@ -50,8 +50,6 @@ import logging
 import math
 import os
 import socket
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -61,6 +59,9 @@ from typing import Any, Literal
 
 from cirl.config import to_dict
 from cirl.errors import CirlError
+from cirl.lineage import schema
+from cirl.lineage.schema import Tag
+from cirl.method import recipe
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,8 @@ class SweepConfig:
     test: bool = True
 
     def __post_init__(self) -> None:
-        from cirl.selection import SelectConfig
-        from cirl.train import TrainConfig
+        from cirl.method.selection import SelectConfig
+        from cirl.method.train import TrainConfig
 
         for key in NUMERIC + OPTIONS:
             values = getattr(self, key)
@@ -286,11 +287,9 @@ class _Runner:
         folder = self.out / "cache" / f"phase1-{key}"
         with _file_lock(self.out / "cache" / f"phase1-{key}.lock"):
             if not (folder / "done").is_file():
-                from cirl import train
-
                 resume = (folder / "last.pt").is_file()
                 log.info("phase I %s (%s)", key, {k: point[k] for k in PHASE1_KEYS})
-                train.run(cfg, self.data, folder, resume=resume, progress=False)
+                recipe.phase1(cfg, self.data, folder, resume=resume, progress=False)
                 (folder / "done").write_text(json.dumps(to_dict(cfg)) + "\n")
         return folder
 
@@ -310,28 +309,14 @@ class _Runner:
         folder = self.out / "cache" / f"select-{key}"
         with _file_lock(self.out / "cache" / f"select-{key}.lock"):
             if not (folder / "summary.json").is_file():
-                # its own process: inference with subnormals as zero (cirl.inference), which
-                # this training process cannot switch on for its threads any more
-                flags = [
-                    f"--{k.replace('_', '-')}={v}"
-                    for k, v in to_dict(cfg).items()
-                    if k not in ("verify_data", "split", "device", "overview")
-                ]
-                command = [
-                    sys.executable, "-m", "cirl", "select", "--data", str(self.data),
-                    "--checkpoint", str(phase1 / "last.pt"), "--out", str(folder),
-                    "--split", cfg.split, "--device", cfg.device, "--overview", "0",
-                    "--no-verify-data", "--no-track", "-q", *flags,
-                ]  # fmt: skip
-                done = subprocess.run(command, capture_output=True, text=True)
-                if done.returncode:
-                    raise CirlError(f"select failed: {done.stderr.strip()[-2000:]}")
+                # its own process: inference with subnormals as zero (cirl.models.inference),
+                # which this training process cannot switch on for its threads any more
+                quick = dataclasses.replace(cfg, verify_data=False, overview=0)
+                recipe.select(quick, self.data, phase1, folder, fresh_process=True)
         return folder
 
     def phase2(self, trial, point: dict) -> float:
         import optuna
-
-        from cirl import train
 
         phase1 = self.phase1(point)
         ambiguity = self.select(point, phase1)
@@ -351,15 +336,15 @@ class _Runner:
                 return _reuse(trial, twin, "empty_a")
         folder = self.out / "trials" / str(trial.number)
         trial.set_user_attr("folder", str(folder))
-        from cirl import tracking
+        from cirl.lineage import tracking
 
         with tracking.stage_run(
-            "sweep-trial",
+            schema.SWEEP_TRIAL,
             cfg,
             self.tcfg if self.parent_run else None,
             parent_run_id=self.parent_run,
             run_name=f"trial {trial.number}",
-            tags={"cirl.trial": trial.number, "cirl.point": json.dumps(point, default=str)},
+            tags={Tag.TRIAL: trial.number, Tag.POINT: json.dumps(point, default=str)},
         ) as run:
 
             def on_epoch(record: dict) -> None:
@@ -370,12 +355,12 @@ class _Runner:
                         raise optuna.TrialPruned(f"val F1 {record['val']['f1']:.4f} pruned")
 
             resume = (folder / "last.pt").is_file()
-            result = train.run(
+            result = recipe.phase2(
                 cfg,
                 self.data,
+                phase1,
+                ambiguity,
                 folder,
-                init=phase1 / "last.pt",
-                ambiguity=ambiguity,
                 resume=resume,
                 progress=False,
                 on_epoch=on_epoch,
@@ -588,7 +573,7 @@ def run(
     """
     import optuna
 
-    from cirl import tracking
+    from cirl.lineage import tracking
 
     data, out = Path(data), Path(out)
     _check_data(data)
@@ -680,19 +665,16 @@ def _test_f1(study, trial, data: Path, trial_roots: tuple[Path, ...] = ()) -> di
     number = trial.user_attrs.get("duplicate_of", trial.number)
     candidates = [Path(trial.user_attrs.get("folder", ""))]
     candidates += [Path(root) / "trials" / str(number) for root in trial_roots]
-    folder = next((c for c in candidates if (c / "best.pt").is_file()), None)
+    folder = next((c for c in candidates if recipe.scored_checkpoint(c).is_file()), None)
     if folder is None:
         log.warning("trial %d: no checkpoint found for its test score", trial.number)
         return None
-    checkpoint = folder / "best.pt"
     out = folder / "test"
     if not (out / "metrics.json").is_file():
-        command = [
-            sys.executable, "-m", "cirl", "evaluate", "--data", str(data), "--checkpoint",
-            str(checkpoint), "--out", str(out), "--split", "test", "--overlays", "0",
-            "--no-verify-data", "--no-track", "-q",
-        ]  # fmt: skip
-        subprocess.run(command, check=True, capture_output=True)
+        from cirl.method.evaluate import EvaluateConfig
+
+        cfg = EvaluateConfig(split="test", overlays=0, verify_data=False)
+        recipe.evaluate(cfg, data, folder, out, fresh_process=True)
     metrics = json.loads((out / "metrics.json").read_text())
     scores = {
         "f1": metrics["f1"],

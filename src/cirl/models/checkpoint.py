@@ -64,7 +64,8 @@ def zero_subnormal_(model: nn.Module) -> int:
     Weight decay drives unused weights into the subnormal range (below 1.2e-38 in float32; one
     trained unet-small had 1,919 such weights), which x86 CPUs compute through a slow path
     unless the runtime treats subnormals as zero. Inside cirl that mode is on for inference
-    (:func:`cirl.inference.subnormals_as_zero`, onnxruntime's ``session.set_denormal_as_zero``);
+    (:func:`cirl.models.inference.subnormals_as_zero`, onnxruntime's
+    ``session.set_denormal_as_zero``);
     ``cirl export`` also zeroes them so the deployed model carries none into runtimes that do
     not. Zeroing changes each output by less than 1e-37. Returns the number of values zeroed.
     """

@@ -14,7 +14,7 @@ downstream runs.
 
 Tracking: every stage task takes the pipeline's ``tracking`` mapping (the ``tracking`` group
 of ``params.yaml``) and ``parent_run_id`` (the run :func:`open_run` opened); with ``track`` on,
-the stage is one MLflow run nested under it (:func:`cirl.tracking.stage_run`), which records
+the stage is one MLflow run nested under it (:func:`cirl.lineage.tracking.stage_run`), which records
 the config, lineage tags, per-epoch metrics and outputs, and ends FAILED with the error when
 the stage fails. :func:`close_run` (the pipeline's exit handler) ends the parent run with the
 pipeline's final state; :func:`register` registers and promotes the exported model.
@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cirl.errors import CirlError
+from cirl.lineage import schema
+from cirl.lineage.schema import Tag
+from cirl.method import recipe
 from cirl.staging import clean_stale
 
 TrackingParams = Mapping[str, Any] | None
@@ -100,7 +103,8 @@ def task_errors(stage: str) -> Iterator[None]:
 
 
 def tracking_config(tracking: TrackingParams) -> Any:
-    """The :class:`~cirl.tracking.TrackingConfig` of a task's ``tracking`` mapping (None: off)."""
+    """The :class:`~cirl.lineage.tracking.TrackingConfig` of a task's ``tracking`` mapping
+    (None: off)."""
     if not tracking:
         return None
     return stage_config("tracking", tracking)
@@ -117,7 +121,7 @@ def _tracked(
 ) -> Iterator[Any]:
     """The stage's MLflow run (a do-nothing run when tracking is off); its id goes into the
     output artifact's metadata, so the KFP UI links each artifact to its run."""
-    from cirl import tracking as layer
+    from cirl.lineage import tracking as layer
 
     tracking_cfg = tracking_config(tracking)
     try:
@@ -184,13 +188,13 @@ def prepare(
     parent_run_id: str = "",
 ) -> dict:
     """Slice and split the raw dataset at ``source`` into the ``dataset`` artifact folder."""
-    from cirl import prepare as stage
-    from cirl.checkpoint import file_sha256
+    from cirl.data import prepare as stage
+    from cirl.models.checkpoint import file_sha256
 
     cfg = stage_config("prepare", params)
     out = _prepare_output(dataset)
     with _tracked(
-        "prepare", cfg, tracking, parent_run_id, dataset, out=out, tags={"cirl.source": source}
+        "prepare", cfg, tracking, parent_run_id, dataset, out=out, tags={Tag.SOURCE: source}
     ):
         result = stage.run(cfg, source, fmt, out)
     dataset.metadata.update(
@@ -224,12 +228,12 @@ def train(
     A retried task finds its own ``last.pt`` and resumes from it (same parameters), so an
     interrupted training continues instead of starting over.
     """
-    from cirl import train as stage
+    from cirl.method import train as stage
 
     cfg = stage_config("train", params, phase=phase, loss=loss)
     out = _prepare_output(model)
     resume = (out / "last.pt").is_file()
-    name = "train baseline" if loss == "bce" else f"train phase {phase}"
+    name = schema.training_stage(phase, loss)
     with _tracked(
         "train", cfg, tracking, parent_run_id, model, data=dataset.path, out=out, run_name=name
     ) as run:
@@ -243,13 +247,13 @@ def train(
             cfg,
             dataset.path,
             out,
-            init=Path(init.path) / "best.pt" if init is not None else None,
+            init=recipe.phase2_init(init.path) if init is not None else None,
             ambiguity=ambiguity.path if ambiguity is not None else None,
             resume=resume,
             progress=False,
             on_epoch=report,
         )
-        run.set_tags(result.arithmetic_tags())
+        run.set_tags(schema.arithmetic_tags(result.provenance))
     last = result.history[-1] if result.history else {}
     summary = {
         "phase": phase,
@@ -280,9 +284,10 @@ def select(
     tracking: TrackingParams = None,
     parent_run_id: str = "",
 ) -> dict:
-    """Select the ambiguous pixels with the phase-I model (its ``last.pt``, as the paper)."""
-    from cirl import selection as stage
-    from cirl.inference import subnormals_as_zero
+    """Select the ambiguous pixels with the phase-I model (the checkpoint the recipe names:
+    :data:`cirl.method.recipe.SELECT_FROM`)."""
+    from cirl.method import selection as stage
+    from cirl.models.inference import subnormals_as_zero
 
     cfg = stage_config("select", params)
     out = _prepare_output(ambiguity)
@@ -290,7 +295,8 @@ def select(
         subnormals_as_zero(),
         _tracked("select", cfg, tracking, parent_run_id, ambiguity, data=dataset.path, out=out),
     ):
-        result = stage.run(cfg, dataset.path, Path(phase1.path) / "last.pt", out, progress=False)
+        weights = recipe.selection_checkpoint(phase1.path)
+        result = stage.run(cfg, dataset.path, weights, out, progress=False)
     summary = result.summary()
     ambiguity.metadata.update(summary)
     if report is not None:
@@ -318,8 +324,8 @@ def evaluate(
     run_name: str | None = None,
 ) -> dict:
     """Score the model's ``best.pt`` on the configured split; metrics, report and overlays."""
-    from cirl import evaluate as stage
-    from cirl.inference import subnormals_as_zero
+    from cirl.method import evaluate as stage
+    from cirl.models.inference import subnormals_as_zero
 
     cfg = stage_config("evaluate", params)
     out = _prepare_output(evaluation)
@@ -336,7 +342,8 @@ def evaluate(
             run_name=run_name or None,
         ),
     ):
-        summary = stage.run(cfg, dataset.path, Path(model.path) / "best.pt", out, progress=False)
+        weights = recipe.scored_checkpoint(model.path)
+        summary = stage.run(cfg, dataset.path, weights, out, progress=False)
     scores = {
         k: float(summary[k])
         for k in ("f1", "precision", "recall", "iou", "ods", "ois", "ap")
@@ -402,15 +409,15 @@ def export(
     The artifact is a folder: the model and its ``model.onnx.json`` report side by side (and
     ``model.int8.onnx`` with ``quantize``).
     """
-    from cirl import export as stage
-    from cirl.inference import subnormals_as_zero
+    from cirl.deploy import export as stage
+    from cirl.models.inference import subnormals_as_zero
 
     cfg = stage_config("export", params)
     out = _prepare_output(onnx) / "model.onnx"
     with subnormals_as_zero(), _tracked("export", cfg, tracking, parent_run_id, onnx, out=out):
         result = stage.run(
             cfg,
-            Path(model.path) / "best.pt",
+            recipe.scored_checkpoint(model.path),
             out,
             data=dataset.path
             if dataset is not None and (cfg.gate or cfg.quantize != "none")
@@ -446,7 +453,7 @@ def open_run(
     Raises:
         CirlError: when the tracking store cannot be used (before any stage runs).
     """
-    from cirl import tracking as layer
+    from cirl.lineage import tracking as layer
 
     cfg = tracking_config(tracking)
     if cfg is None or not cfg.track:
@@ -460,10 +467,10 @@ def open_run(
             "tracking_params.tracking_uri, or turn tracking off (tracking.track=false)"
         )
     tags = {
-        "cirl.kfp_run_id": kfp_run_id,
-        "cirl.kfp_run_name": kfp_run_name,
-        "cirl.code_version": code_version,
-        "cirl.source": source,
+        Tag.KFP_RUN_ID: kfp_run_id,
+        Tag.KFP_RUN_NAME: kfp_run_name,
+        Tag.CODE_VERSION: code_version,
+        Tag.SOURCE: source,
     }
     if parent_run_id:
         return layer.reopen_pipeline_run(parent_run_id, cfg, tags)
@@ -476,7 +483,7 @@ def close_run(tracking: TrackingParams, parent_run_id: str) -> None:
     A stage that fails ends the parent run FAILED itself (see :func:`_tracked`); a rerun that
     completes (KFP's retry, or ``cirl pipeline run --cache``) ends it FINISHED here.
     """
-    from cirl import tracking as layer
+    from cirl.lineage import tracking as layer
 
     cfg = tracking_config(tracking)
     if cfg is None or not cfg.track or not parent_run_id:
@@ -501,7 +508,7 @@ def register(
     import dataclasses
     import json
 
-    from cirl import registry
+    from cirl.lineage import registry
     from cirl.staging import staged_file
 
     cfg = stage_config("register", params)
@@ -520,7 +527,7 @@ def register(
         cfg,
         Path(onnx.path) / "model.onnx",
         evaluation.path,
-        Path(checkpoint.path) / "best.pt",
+        recipe.scored_checkpoint(checkpoint.path),
         tracking_cfg,
         parent_run_id or None,
     )
@@ -572,7 +579,7 @@ def sweep_worker(
     """
     import dataclasses
 
-    from cirl import sweep
+    from cirl.tuning import sweep
 
     cfg, train_cfg, select_cfg = _sweep_configs(params, train_params, select_params)
     cfg = dataclasses.replace(cfg, test=False)
@@ -596,7 +603,7 @@ def sweep_report(
     page: ArtifactLike | None = None,
 ) -> dict:
     """The study's reports after every worker: plots, tables, the best setting's test scores."""
-    from cirl import sweep
+    from cirl.tuning import sweep
 
     cfg, train_cfg, select_cfg = _sweep_configs(params, train_params, select_params)
     folder = _prepare_output(report)

@@ -14,12 +14,15 @@ accuracy check use it, so both engines are exercised by the same code path.
 Engine names (``cirl predict --engine``): ``onnx`` (onnxruntime fp32, the reference),
 ``onnx-int8`` (the statically quantized ``NAME.int8.onnx`` that ``cirl export --quantize static``
 writes beside ``NAME.onnx``), ``openvino``, ``openvino-bf16``, ``torch``, and ``auto``
-(:mod:`cirl.gate`: the fastest engine on this machine among those that passed the accuracy
+(:mod:`cirl.deploy.gate`: the fastest engine on this machine among those that passed the accuracy
 gate recorded in the model's metadata).
 
 A model may also be named by an MLflow registry URI, ``models:/NAME@ALIAS`` or
 ``models:/NAME/VERSION`` (ONNX engine): the version's ONNX file is fetched once into a cache
-folder (:func:`cirl.registry.fetch_model`), so deployments refer to an alias, not a file.
+folder (:func:`cirl.lineage.registry.fetch_model`), so deployments refer to an alias, not a file.
+
+This module holds the engines; :func:`cirl.deploy.opener.load_engine` opens a model by file or
+name with a chosen engine (``auto`` included), the accuracy gate checked.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 
 from cirl import fpenv
 from cirl.errors import CirlError
+from cirl.models.files import int8_path
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +61,6 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
             "`cirl export`"
         ) from None
     return {p.key: p.value for p in proto.metadata_props}
-
-
-def int8_path(path: str | os.PathLike) -> Path:
-    """Where ``cirl export --quantize`` writes the int8 copy of ``NAME.onnx``."""
-    path = Path(path)
-    return path.with_name(path.stem + ".int8.onnx")
 
 
 def _describe(path: Path, meta: dict[str, str]) -> dict:
@@ -117,7 +115,7 @@ class OnnxEngine:
         # has seen: on CPU it bought no speed here (unet-small, batch 4: 0.132 vs 0.135 s per
         # tile) but cost 37-45% more peak memory (jtfn, batch 4: 14.9 vs 8.2 GB).
         options.enable_mem_pattern = False
-        # subnormal floats as zero in every thread of the session (cirl.inference's
+        # subnormal floats as zero in every thread of the session (cirl.models.inference's
         # subnormals_as_zero says why: a trained model ran up to 14x slower without it)
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
         if threads:
@@ -217,7 +215,7 @@ class OpenVinoEngine:
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "LATENCY",
-            # subnormals as zero, as for onnxruntime (cirl.inference.subnormals_as_zero)
+            # subnormals as zero, as for onnxruntime (cirl.models.inference.subnormals_as_zero)
             "CPU_DENORMALS_OPTIMIZATION": True,
         }
         if threads:
@@ -268,8 +266,8 @@ class TorchEngine:
     def __init__(self, path: str | os.PathLike, threads: int = 0, device: str = "auto") -> None:
         import torch
 
-        from cirl.checkpoint import build_from_checkpoint, file_sha256, load_checkpoint
-        from cirl.train import resolve_device
+        from cirl.models.checkpoint import build_from_checkpoint, file_sha256, load_checkpoint
+        from cirl.models.device import resolve_device
 
         if threads:
             torch.set_num_threads(threads)
@@ -297,111 +295,38 @@ def is_registry_uri(model: str | os.PathLike) -> bool:
     return isinstance(model, str) and model.startswith("models:/")
 
 
-def load_engine(
-    model: str | os.PathLike,
-    engine: EngineName = "onnx",
-    threads: int = 0,
-    device: str = "auto",
-    tracking_uri: str | None = None,
-    force: bool = False,
-    tile: int = 512,
-    batch: int = 4,
+def open_file(
+    path: str | os.PathLike, engine: str, threads: int = 0, device: str = "auto"
 ) -> Engine:
-    """Open ``model`` (a file, or a ``models:/`` URI) with the named engine.
-
-    Args:
-        model: an ``.onnx`` file, a ``.pt`` checkpoint, or ``models:/NAME@ALIAS`` /
-            ``models:/NAME/VERSION`` (ONNX).
-        engine: one of :data:`ENGINES`; ``auto`` picks the fastest engine on this machine that
-            passed the model's accuracy gate (:func:`cirl.gate.choose_engine`), ``torch`` for a
-            checkpoint, ``onnx`` on CUDA.
-        threads: CPU threads of the engine (0 = its default).
-        device: ``auto``, ``cpu`` or ``cuda``.
-        tracking_uri: the registry of a ``models:/`` URI (default ``$MLFLOW_TRACKING_URI``,
-            else ``sqlite:///mlflow.db``).
-        force: use a low-precision engine whose accuracy gate failed or never ran.
-        tile: tile side ``auto`` times the engines at.
-        batch: batch ``auto`` times the engines at.
-
-    Returns:
-        The engine; ``engine.description["choice"]`` says why ``auto`` chose it and
-        ``engine.description["gate"]`` the gate's verdict on a gated engine.
+    """The named engine (not ``auto``) on a model file, without the accuracy gate's check.
 
     Raises:
-        CirlError: when the file does not suit the engine (an ``.onnx`` file for ``torch`` or a
-            checkpoint for ``onnx``), a low-precision engine has not passed the gate (unless
-            forced), or a ``models:/`` URI cannot be resolved, with the fix.
+        CirlError: when the file does not suit the engine (an ``.onnx`` file for ``torch``, a
+            checkpoint for an ONNX engine, no ``NAME.int8.onnx`` for ``onnx-int8``).
     """
-    if engine not in ENGINES:
-        raise CirlError(f"unknown engine {engine!r}; valid engines are: {', '.join(ENGINES)}")
-    if is_registry_uri(model):
-        from cirl.registry import fetch_model
-
-        if engine == "torch":
-            raise CirlError(
-                f"{model}: registered models are ONNX models; predict with --engine auto or "
-                "onnx (the checkpoint is an artifact of the version's run, for --engine torch "
-                "download it)"
-            )
-        fetched = fetch_model(str(model), tracking_uri=tracking_uri)
-        opened = load_engine(fetched.path, engine, threads, device, None, force, tile, batch)
-        opened.description.update(
-            {
-                "model_uri": str(model),
-                "registered_model": fetched.name,
-                "registered_version": fetched.version,
-                "run_id": fetched.run_id,
-            }
-        )
-        return opened
-    path = Path(model)
-    choice = None
-    if engine == "auto":
-        choice = _auto(path, threads, device, tile, batch)
-        engine = choice["engine"]
-    opened: Engine
+    path = Path(path)
     if engine == "torch":
         if path.suffix == ".onnx":
             raise CirlError(
                 f"{path} is an ONNX model; --engine torch needs the .pt checkpoint it came from"
             )
-        opened = TorchEngine(path, threads, device)
-    else:
-        if path.suffix == ".pt":
-            raise CirlError(
-                f"{path} is a PyTorch checkpoint; export it with `cirl export --checkpoint {path} "
-                "--out model.onnx`, or predict with --engine torch"
-            )
-        if engine == "onnx-int8" and not path.name.endswith(".int8.onnx"):
-            quantized = int8_path(path)
-            if not quantized.is_file():
-                raise CirlError(
-                    f"--engine onnx-int8: {quantized} not found; write it with `cirl export "
-                    "--quantize static --data PREPARED`, or use --engine auto"
-                )
-            path = quantized
-        if engine in ("onnx", "onnx-int8"):
-            opened = OnnxEngine(path, threads, device)
-        else:
-            opened = OpenVinoEngine(path, threads, "bf16" if engine == "openvino-bf16" else "fp32")
-        _check_gate(opened, path, force)
-    _check_contract(opened, path)
-    if choice is not None:
-        opened.description["choice"] = choice
-    return opened
-
-
-def _auto(path: Path, threads: int, device: str, tile: int, batch: int) -> dict:
-    """``--engine auto``: which engine, and why."""
+        return TorchEngine(path, threads, device)
     if path.suffix == ".pt":
-        return {"engine": "torch", "why": "the model is a PyTorch checkpoint"}
-    if device == "cuda" or (device == "auto" and _cuda_provider()):
-        return {"engine": "onnx", "why": "onnxruntime's CUDA provider on the GPU"}
-    if not path.is_file():
-        raise CirlError(f"model {path} not found; pass a .onnx file written by `cirl export`")
-    from cirl.gate import choose_engine
-
-    return choose_engine(path, tile, batch, threads)
+        raise CirlError(
+            f"{path} is a PyTorch checkpoint; export it with `cirl export --checkpoint {path} "
+            "--out model.onnx`, or predict with --engine torch"
+        )
+    if engine == "onnx-int8" and not path.name.endswith(".int8.onnx"):
+        quantized = int8_path(path)
+        if not quantized.is_file():
+            raise CirlError(
+                f"--engine onnx-int8: {quantized} not found; write it with `cirl export "
+                "--quantize static --data PREPARED`, or use --engine auto"
+            )
+        path = quantized
+    if engine in ("onnx", "onnx-int8"):
+        return OnnxEngine(path, threads, device)
+    return OpenVinoEngine(path, threads, "bf16" if engine == "openvino-bf16" else "fp32")
 
 
 def _cuda_provider() -> bool:
@@ -410,38 +335,7 @@ def _cuda_provider() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def _check_gate(opened, path: Path, force: bool) -> None:
-    """Refuse a low-precision engine the model's accuracy gate did not pass, unless forced."""
-    from cirl.gate import gate_status
-
-    if opened.name not in GATED:
-        return
-    status = gate_status(opened.metadata, opened.name)
-    opened.description["gate"] = status
-    if status["passed"]:
-        return
-    if status["passed"] is None and opened.name not in LOW_PRECISION:
-        log.warning("%s with %s: %s", path, opened.name, status["reason"])
-        return
-    verdict = "failed" if status["passed"] is False else "has not passed"
-    if force:
-        log.warning(
-            "%s: %s %s the accuracy gate (%s); used anyway (--force)",
-            path,
-            opened.name,
-            verdict,
-            status["reason"],
-        )
-        opened.description["gate"]["forced"] = True
-        return
-    raise CirlError(
-        f"{path}: engine {opened.name} {verdict} the accuracy gate ({status['reason']}); use "
-        "--engine onnx or auto, re-export with --data to gate it, or pass --force to use it "
-        "anyway"
-    )
-
-
-def _check_contract(engine: Engine, path: Path) -> None:
+def check_contract(engine: Engine, path: Path) -> None:
     """Run a tiny input through the model and check the output is (N, 1, H, W) probabilities."""
     side = 2 * engine.stride
     probe = np.full((2, 3, side, side), 0.5, np.float32)

@@ -5,8 +5,8 @@ The pipeline is defined in ``pipelines/training.py`` and compiled to a YAML pack
 
 * :func:`run_local` runs it on this machine with KFP's local runner (``SubprocessRunner``: the
   tasks run as processes of this Python environment, no cluster and no container engine; or
-  ``DockerRunner`` through podman, see :mod:`cirl.container_runner`), then links the outputs
-  that matter to predictable places under ``out``.
+  ``DockerRunner`` through podman, see :mod:`cirl.orchestration.container_runner`), then links
+  the outputs that matter to predictable places under ``out``.
 * :func:`submit` and :func:`schedule` send it to a Kubeflow Pipelines endpoint through
   ``kfp.Client`` (a one-off run, or a recurring run on a cron schedule).
 
@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from cirl import __version__
-from cirl.errors import CirlError
+from cirl.config import PIPELINE_GROUPS
+from cirl.errors import CirlError, first_line
+from cirl.lineage.schema import Tag
 
-STAGE_GROUPS = ("prepare", "train", "select", "evaluate", "export", "tracking", "register")
+STAGE_GROUPS = PIPELINE_GROUPS
 
 # Pipeline output -> stable name under ``out`` (a symlink to the artifact; cached tasks'
 # artifacts live in the run that made them).
@@ -60,7 +62,7 @@ def code_version() -> str:
     Recorded by every task and part of KFP's cache key, so cached outputs are reused only for
     the same code (a cluster run passes the image digest instead).
     """
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parents[1]  # the cirl package, every layer
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode())
@@ -113,7 +115,7 @@ def stage_arguments(
             continue
         cls = config.stage_config(group)
         if params is None and package is not None:
-            from cirl.tasks import stage_config
+            from cirl.orchestration.tasks import stage_config
 
             compiled = _package_default(package, f"{group}_params") or {}
             cfg = stage_config(group, {**compiled, **given})
@@ -226,7 +228,7 @@ def local_tracking(package: str | os.PathLike, arguments: Mapping[str, Any]) -> 
     must name the same file for all of them, the one in this working directory.
     """
     from cirl import config
-    from cirl.tracking import TrackingConfig, _sqlite_path, resolve_tracking_uri
+    from cirl.lineage.tracking import TrackingConfig, resolve_tracking_uri, sqlite_path
 
     values = arguments.get("tracking_params")
     if values is None:
@@ -235,7 +237,7 @@ def local_tracking(package: str | os.PathLike, arguments: Mapping[str, Any]) -> 
     if not cfg.track:
         return None
     uri = resolve_tracking_uri(cfg.tracking_uri)
-    database = _sqlite_path(uri)
+    database = sqlite_path(uri)
     if database is not None:
         uri = f"sqlite:///{database.resolve()}"
     return dataclasses.replace(cfg, tracking_uri=uri)
@@ -293,7 +295,7 @@ def run_local(
     from kfp import local
     from kfp.components import load_component_from_file
 
-    from cirl import tracking as layer
+    from cirl.lineage import tracking as layer
 
     load_package(package)  # a clear message for a missing or foreign file
     out = Path(out)
@@ -301,11 +303,11 @@ def run_local(
     root.mkdir(parents=True, exist_ok=True)
     arguments = dict(arguments)
     tracking = local_tracking(package, arguments)
-    database = layer._sqlite_path(tracking.tracking_uri) if tracking else None
+    database = layer.sqlite_path(tracking.tracking_uri) if tracking else None
     if runner == "subprocess":
         kfp_runner = local.SubprocessRunner(use_venv=False)
     elif runner == "docker":
-        from cirl.container_runner import docker_runner
+        from cirl.orchestration.container_runner import docker_runner
 
         source = str(arguments.get("source", ""))
         # KFP mounts only the pipeline root: a local source folder is mounted read-only, the
@@ -320,7 +322,7 @@ def run_local(
     if tracking is not None:
         arguments["tracking_params"] = config_dict(tracking)
         previous = _previous_parent(out) if cache else None
-        tags = {"cirl.code_version": arguments.get("code_version"), "cirl.runner": runner}
+        tags = {Tag.CODE_VERSION: arguments.get("code_version"), Tag.RUNNER: runner}
         if previous:
             parent = layer.reopen_pipeline_run(previous, tracking, tags)
         else:
@@ -434,7 +436,7 @@ def config_dict(cfg: Any) -> dict:
 
 def _fail_parent(parent: str, tracking: Any, exc: BaseException) -> None:
     """Mark the parent run FAILED unless the failing stage already did (with its error)."""
-    from cirl import tracking as layer
+    from cirl.lineage import tracking as layer
 
     with contextlib.suppress(Exception):  # the store may be what failed: keep the first error
         client, _ = layer.open_store(tracking.tracking_uri, tracking.tracking_timeout)
@@ -675,11 +677,6 @@ def client(host: str | None, namespace: str | None = None, token: str | None = N
     return kfp_client
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else ""
-
-
 def _api_error(exc: BaseException) -> str:
     """One line for an exception from ``kfp.Client``: for an HTTP error, the status and the
     server's own message (KFP answers ``{"code": 3, "message": "..."}``)."""
@@ -688,7 +685,7 @@ def _api_error(exc: BaseException) -> str:
         reason = getattr(exc, "reason", None)
         if isinstance(reason, str) and reason.strip():
             return " ".join(reason.split())[:300]
-        return f"{type(exc).__name__}: {_first_line(exc)}"
+        return f"{type(exc).__name__}: {first_line(exc)}"
     body = getattr(exc, "body", None) or ""
     if isinstance(body, bytes):
         body = body.decode(errors="replace")

@@ -39,25 +39,34 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from types import SimpleNamespace
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 import torch
 
-from cirl.checkpoint import build_from_checkpoint, file_sha256, load_checkpoint
 from cirl.config import to_dict
 from cirl.errors import CirlError
+from cirl.method.score_maps import (  # noqa: F401  (also importable from here)
+    _HIST_BINS,
+    LOG_VAR_CLAMP,
+    _Codec,
+    _quantile_from_histogram,
+    _score_histogram_edges,
+    decode_error,
+    decode_log_var,
+    dihedral_views,
+    encode_error,
+    encode_log_var,
+    view_error,
+)
+from cirl.models.checkpoint import build_from_checkpoint, file_sha256, load_checkpoint
 from cirl.staging import staged_dir
 
 log = logging.getLogger(__name__)
-
-LOG_VAR_CLAMP = 10.0
-_LEVELS = 65535
-_HIST_BINS = 4000
 
 
 @dataclass(frozen=True)
@@ -166,7 +175,7 @@ def select_ambiguous(
     Returns:
         ``(ambiguous, marginal, variance)``: bool, bool and float32 ``(H, W)`` arrays.
     """
-    from cirl.losses import marginal_region
+    from cirl.method.losses import marginal_region
 
     variance = np.exp(np.clip(log_var, -clamp, clamp)).astype(np.float32)
     marginal = marginal_region(mask, kernel) & valid
@@ -191,89 +200,6 @@ def _overview(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]])
     return np.vstack(panels)
 
 
-def encode_log_var(log_var: np.ndarray) -> np.ndarray:
-    """``s`` clamped to [-10, 10] as uint16: ``round((s + 10) / 20 * 65535)``."""
-    scaled = (np.clip(log_var, -LOG_VAR_CLAMP, LOG_VAR_CLAMP) + LOG_VAR_CLAMP) / (2 * LOG_VAR_CLAMP)
-    return np.round(scaled * _LEVELS).astype(np.uint16)
-
-
-def decode_log_var(stored: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`encode_log_var` (to within 20 / 65535 in ``s``)."""
-    return stored.astype(np.float32) / _LEVELS * (2 * LOG_VAR_CLAMP) - LOG_VAR_CLAMP
-
-
-def _quantile_from_histogram(hist: np.ndarray, edges: np.ndarray, q: float) -> float:
-    """The ``q`` quantile of values binned in ``hist`` (linear within a bin)."""
-    cumulative = np.cumsum(hist)
-    target = q * cumulative[-1]
-    i = int(np.searchsorted(cumulative, target, side="left"))
-    i = min(i, len(hist) - 1)
-    before = cumulative[i - 1] if i else 0
-    inside = (target - before) / hist[i] if hist[i] else 0.0
-    return float(edges[i] + inside * (edges[i + 1] - edges[i]))
-
-
-def dihedral_views() -> list[tuple[Callable, Callable]]:
-    """The 8 flips/rotations of ``(N, C, H, W)`` as (forward, inverse) pairs on the last 2 dims."""
-    pairs = []
-    for flip in (False, True):
-        for k in range(4):
-
-            def forward(x, k=k, flip=flip):
-                x = torch.flip(x, dims=(-1,)) if flip else x
-                return torch.rot90(x, k, dims=(-2, -1))
-
-            def inverse(x, k=k, flip=flip):
-                x = torch.rot90(x, -k, dims=(-2, -1))
-                return torch.flip(x, dims=(-1,)) if flip else x
-
-            pairs.append((forward, inverse))
-    return pairs
-
-
-@torch.no_grad()
-def view_error(model, image: torch.Tensor, mask: torch.Tensor, views: int) -> tuple:
-    """The squared error ``(p - y)^2`` averaged over ``views`` flips/rotations, and ``p``.
-
-    Args:
-        model: a registry model in eval mode.
-        image: ``(1, 3, H, W)`` float in [0, 1].
-        mask: ``(1, 1, H, W)`` {0, 1} on the image's device.
-        views: 1, 2, 4 or 8: the first ``views`` of :func:`dihedral_views` (identity first).
-
-    Returns:
-        ``(error, prob)``: ``(1, 1, H, W)`` mean squared error and the identity view's
-        probabilities.
-    """
-    from cirl.inference import predict_prob
-
-    total, prob = None, None
-    for forward, inverse in dihedral_views()[:views]:
-        view = forward(image).contiguous(memory_format=torch.channels_last)
-        p = inverse(predict_prob(model, view))
-        if prob is None:
-            prob = p
-        error = (p - mask) ** 2
-        total = error if total is None else total + error
-    return total / views, prob
-
-
-def _score_histogram_edges(rule: str) -> np.ndarray:
-    if rule == "variance":  # on s = log sigma^2
-        return np.linspace(-LOG_VAR_CLAMP, LOG_VAR_CLAMP, _HIST_BINS + 1)
-    return np.linspace(0.0, 1.0, _HIST_BINS + 1)  # on the squared error
-
-
-def encode_error(error: np.ndarray) -> np.ndarray:
-    """A squared error in [0, 1] as uint16: ``round(e * 65535)``."""
-    return np.round(np.clip(error, 0.0, 1.0) * _LEVELS).astype(np.uint16)
-
-
-def decode_error(stored: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`encode_error` (to within 1 / 65535)."""
-    return stored.astype(np.float32) / _LEVELS
-
-
 @torch.no_grad()
 def diagnose(
     checkpoint: str | os.PathLike,
@@ -292,9 +218,9 @@ def diagnose(
     checkpoint after it.
     """
     from cirl.data.tiles import TileDataset
-    from cirl.inference import predict_prob
-    from cirl.losses import marginal_region
-    from cirl.train import resolve_device
+    from cirl.method.losses import marginal_region
+    from cirl.models.device import resolve_device
+    from cirl.models.inference import predict_prob
 
     ambiguity = Path(ambiguity)
     payload = load_checkpoint(checkpoint)
@@ -353,9 +279,7 @@ def run(
             (``verify_data``).
     """
     from cirl.data.tiles import TileDataset
-    from cirl.inference import predict_prob
-    from cirl.losses import clamp_log_var, marginal_region
-    from cirl.train import _autocast, resolve_device
+    from cirl.models.device import resolve_device
 
     data, out = Path(data), Path(out)
     payload = load_checkpoint(checkpoint)
@@ -364,147 +288,49 @@ def run(
             f"{checkpoint}: this model has no std head; select --rule variance needs a phase-I "
             "checkpoint (cirl train --phase 1 --loss cirl), --rule error takes any model"
         )
-    soft_clamp = payload.get("config", {}).get("std_clamp") == "soft"
     device = resolve_device(cfg.device)
     model = build_from_checkpoint(payload).to(device).eval()
     model.to(memory_format=torch.channels_last)
     precision = forward_precision(cfg.precision, payload, device)
-    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
     dataset = TileDataset(data, cfg.split)
     if cfg.verify_data:
         from cirl.data.manifest import verify_files
 
         verify_files(data, dataset.records)
-    edges = _score_histogram_edges(cfg.rule)
-    hist = np.zeros(_HIST_BINS, np.int64)
-    maps = "log_variance" if cfg.rule == "variance" else "error"
-    encode, decode = (
-        (encode_log_var, decode_log_var) if cfg.rule == "variance" else (encode_error, decode_error)
-    )
-    # p > 0.5 of the phase-I model on each tile's ring (bit-packed): the mechanism numbers
-    predicted: dict[str, np.ndarray] = {}
-    ring_fp = 0
-
-    def tiles(desc: str):
-        iterator = range(len(dataset))
-        if progress:
-            from tqdm import tqdm
-
-            iterator = tqdm(iterator, desc=desc, unit="tile", leave=False)
-        return iterator
-
+    codec = _Codec(cfg)
+    soft_clamp = payload.get("config", {}).get("std_clamp") == "soft"
     with staged_dir(out) as tmp:
         (tmp / "ambiguous").mkdir()
-        (tmp / maps).mkdir()
+        (tmp / codec.maps).mkdir()
         # Pass 1: the model's score of every tile, and its histogram on the ring M.
-        for index in tiles(f"select: {cfg.rule}"):
-            item = dataset[index]
-            mask = item["mask"][0].numpy() > 0.5
-            ring = marginal_region(mask, cfg.kernel) & (item["valid"][0].numpy() > 0.5)
-            if not ring.any():  # no crack: nothing can be selected here
-                continue
-            image = item["image"][None].to(device).contiguous(memory_format=torch.channels_last)
-            with _autocast(device, autocast_dtype):
-                if cfg.rule == "variance":
-                    prob, log_var = predict_prob(model, image, with_log_var=True)
-                    score = clamp_log_var(log_var[0, 0].cpu().numpy(), LOG_VAR_CLAMP, soft_clamp)
-                else:
-                    mask_t = item["mask"][None].to(device)
-                    error, prob = view_error(model, image, mask_t, cfg.views)
-                    score = error[0, 0].float().cpu().numpy()
-            stored = encode(score)
-            cv2.imwrite(str(tmp / maps / f"{item['tile_id']}.png"), stored)
-            hist += np.histogram(decode(stored)[ring], bins=edges)[0]
-            crack = (prob[0, 0].cpu().numpy() > 0.5) & ring
-            ring_fp += int(crack.sum())
-            predicted[item["tile_id"]] = np.packbits(crack)
-        if cfg.rule == "variance":
-            threshold, to_score = cfg.gamma, float(np.log(cfg.gamma))
-        else:
-            threshold, to_score = cfg.lam, cfg.lam
-        if cfg.fraction > 0 and hist.sum():
-            to_score = _quantile_from_histogram(hist, edges, 1.0 - cfg.fraction)
-            threshold = float(np.exp(to_score)) if cfg.rule == "variance" else to_score
-
-        # Pass 2: threshold the stored maps.
-        csv_buf = io.StringIO()
-        writer = csv.writer(csv_buf, lineterminator="\n")
-        writer.writerow(["tile_id", "marginal_pixels", "selected_pixels", "selected_fraction"])
-        total_m = total_a = crack_a = 0
-        preview = []
-        for index in tiles("select: threshold"):
-            item = dataset[index]
-            tile_id = item["tile_id"]
-            stored_path = tmp / maps / f"{tile_id}.png"
-            mask = item["mask"][0].numpy() > 0.5
-            valid = item["valid"][0].numpy() > 0.5
-            variance = None
-            if stored_path.is_file():
-                score = decode(cv2.imread(str(stored_path), cv2.IMREAD_UNCHANGED))
-                marginal = marginal_region(mask, cfg.kernel) & valid
-                ambiguous = (score > to_score) & marginal
-                variance = np.exp(score) if cfg.rule == "variance" else score
-                crack = np.unpackbits(predicted[tile_id], count=mask.size).reshape(mask.shape)
-                crack_a += int((crack.astype(bool) & ambiguous).sum())
-            else:  # a tile without marginal ring (pass 1 skipped it)
-                ambiguous = marginal = np.zeros(mask.shape, bool)
-            cv2.imwrite(str(tmp / "ambiguous" / f"{tile_id}.png"), ambiguous.astype(np.uint8) * 255)
-            n_m, n_a = int(marginal.sum()), int(ambiguous.sum())
-            total_m, total_a = total_m + n_m, total_a + n_a
-            writer.writerow([tile_id, n_m, n_a, f"{n_a / n_m if n_m else 0.0:.6f}"])
-            if len(preview) < cfg.overview and variance is not None:
-                image = (item["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-                preview.append((image, mask, variance, ambiguous))
-        (tmp / "selection.csv").write_text(csv_buf.getvalue())
-        fraction = total_a / total_m if total_m else 0.0
-        unit = "sigma^2" if cfg.rule == "variance" else "squared error"
-
-        def from_score(v: float) -> float:
-            return float(np.exp(v)) if cfg.rule == "variance" else float(v)
-
-        quantiles = (
-            {
-                f"q{int(q * 100):02d}": from_score(_quantile_from_histogram(hist, edges, q))
-                for q in (0.5, 0.9, 0.99)
-            }
-            if hist.sum()
-            else {}
+        autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        scored = _score_tiles(
+            cfg, dataset, model, device, autocast_dtype, soft_clamp, codec, tmp, progress
         )
-        name = "gamma" if cfg.rule == "variance" else "lam"
-        warnings = []
-        if total_m and fraction == 0:
-            warnings.append(
-                f"no pixel of the marginal ring has {unit} > {name} = {threshold:.4g} (the "
-                f"ring's 99th percentile is {quantiles.get('q99', 0):.3g}); phase 2 will train "
-                f"like BCE. Train phase 1 longer, lower --{name}, or select a share with "
-                "--fraction"
-            )
-        elif fraction > 0.9:
-            warnings.append(
-                f"{fraction:.0%} of the marginal ring is selected ({name} = {threshold:.4g}): "
-                f"the phase-I model has not learned where labels are ambiguous; train phase 1 "
-                f"longer or raise --{name}"
-            )
-        for message in warnings:
-            log.warning("%s", message)
+        threshold, to_score = _threshold(cfg, scored.hist, codec.edges)
+        # Pass 2: threshold the stored maps.
+        totals = _threshold_tiles(cfg, dataset, codec, scored.predicted, to_score, tmp, progress)
+        quantiles = codec.quantiles(scored.hist)
+        fraction = totals.a / totals.m if totals.m else 0.0
+        warnings = _warnings(cfg, codec, fraction, totals.m, threshold, quantiles)
         summary = {
             "params": to_dict(cfg),
             "rule": cfg.rule,
             "gamma": threshold,
             "threshold": threshold,
-            "threshold_on": unit,
+            "threshold_on": codec.unit,
             "gamma_from": f"fraction {cfg.fraction}" if cfg.fraction > 0 else "params",
             "checkpoint": str(checkpoint),
             "checkpoint_sha256": file_sha256(checkpoint),
             "checkpoint_epoch": int(payload.get("epoch", -1)) + 1,
             "precision": precision,
             "tiles": len(dataset),
-            "marginal_pixels": total_m,
-            "selected_pixels": total_a,
+            "marginal_pixels": totals.m,
+            "selected_pixels": totals.a,
             "selected_fraction": fraction,
             # the phase-I model's predictions (p > 0.5): the CI loss pulls A's crack share to 1/2
-            "crack_share_of_a": crack_a / total_a if total_a else None,
-            "ring_false_positive_rate": ring_fp / total_m if total_m else 0.0,
+            "crack_share_of_a": totals.crack_a / totals.a if totals.a else None,
+            "ring_false_positive_rate": scored.ring_fp / totals.m if totals.m else 0.0,
             (
                 "variance_on_marginal_ring" if cfg.rule == "variance" else "error_on_marginal_ring"
             ): quantiles,
@@ -517,6 +343,146 @@ def run(
                 f"mean over {cfg.views} flips/rotations of (p - y)^2 = value / 65535"
             )
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if preview:
-            cv2.imwrite(str(tmp / "overview.png"), _overview(preview))
-    return SelectResult(out, len(dataset), total_m, total_a, threshold, tuple(warnings))
+        if totals.preview:
+            cv2.imwrite(str(tmp / "overview.png"), _overview(totals.preview))
+    return SelectResult(out, len(dataset), totals.m, totals.a, threshold, tuple(warnings))
+
+
+def _tiles(dataset: Any, desc: str, progress: bool):
+    iterator = range(len(dataset))
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc=desc, unit="tile", leave=False)
+    return iterator
+
+
+def _score_tiles(
+    cfg: SelectConfig,
+    dataset: Any,
+    model: Any,
+    device: Any,
+    autocast_dtype: Any,
+    soft_clamp: bool,
+    codec: _Codec,
+    tmp: Path,
+    progress: bool,
+) -> SimpleNamespace:
+    """Pass 1: each tile's score map written, its histogram on the ring M, and the model's
+    p > 0.5 on the ring (bit-packed per tile, for A's crack share; counted, for the ring's
+    false-positive rate)."""
+    from cirl.method.losses import clamp_log_var, marginal_region
+    from cirl.method.step import _autocast
+    from cirl.models.inference import predict_prob
+
+    hist = np.zeros(_HIST_BINS, np.int64)
+    predicted: dict[str, np.ndarray] = {}
+    ring_fp = 0
+    for index in _tiles(dataset, f"select: {cfg.rule}", progress):
+        item = dataset[index]
+        mask = item["mask"][0].numpy() > 0.5
+        ring = marginal_region(mask, cfg.kernel) & (item["valid"][0].numpy() > 0.5)
+        if not ring.any():  # no crack: nothing can be selected here
+            continue
+        image = item["image"][None].to(device).contiguous(memory_format=torch.channels_last)
+        with _autocast(device, autocast_dtype):
+            if cfg.rule == "variance":
+                prob, log_var = predict_prob(model, image, with_log_var=True)
+                score = clamp_log_var(log_var[0, 0].cpu().numpy(), LOG_VAR_CLAMP, soft_clamp)
+            else:
+                mask_t = item["mask"][None].to(device)
+                error, prob = view_error(model, image, mask_t, cfg.views)
+                score = error[0, 0].float().cpu().numpy()
+        stored = codec.encode(score)
+        cv2.imwrite(str(tmp / codec.maps / f"{item['tile_id']}.png"), stored)
+        hist += np.histogram(codec.decode(stored)[ring], bins=codec.edges)[0]
+        crack = (prob[0, 0].cpu().numpy() > 0.5) & ring
+        ring_fp += int(crack.sum())
+        predicted[item["tile_id"]] = np.packbits(crack)
+    return SimpleNamespace(hist=hist, predicted=predicted, ring_fp=ring_fp)
+
+
+def _threshold(cfg: SelectConfig, hist: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
+    """The threshold (gamma or lambda, or the one that selects ``fraction`` of the ring), and
+    the same on the stored score's scale (log sigma^2 for the variance rule)."""
+    if cfg.rule == "variance":
+        threshold, to_score = cfg.gamma, float(np.log(cfg.gamma))
+    else:
+        threshold, to_score = cfg.lam, cfg.lam
+    if cfg.fraction > 0 and hist.sum():
+        to_score = _quantile_from_histogram(hist, edges, 1.0 - cfg.fraction)
+        threshold = float(np.exp(to_score)) if cfg.rule == "variance" else to_score
+    return threshold, to_score
+
+
+def _threshold_tiles(
+    cfg: SelectConfig,
+    dataset: Any,
+    codec: _Codec,
+    predicted: dict[str, np.ndarray],
+    to_score: float,
+    tmp: Path,
+    progress: bool,
+) -> SimpleNamespace:
+    """Pass 2: each tile's A written from its stored map; ``selection.csv``; the totals."""
+    from cirl.method.losses import marginal_region
+
+    csv_buf = io.StringIO()
+    writer = csv.writer(csv_buf, lineterminator="\n")
+    writer.writerow(["tile_id", "marginal_pixels", "selected_pixels", "selected_fraction"])
+    total_m = total_a = crack_a = 0
+    preview = []
+    for index in _tiles(dataset, "select: threshold", progress):
+        item = dataset[index]
+        tile_id = item["tile_id"]
+        stored_path = tmp / codec.maps / f"{tile_id}.png"
+        mask = item["mask"][0].numpy() > 0.5
+        valid = item["valid"][0].numpy() > 0.5
+        variance = None
+        if stored_path.is_file():
+            score = codec.decode(cv2.imread(str(stored_path), cv2.IMREAD_UNCHANGED))
+            marginal = marginal_region(mask, cfg.kernel) & valid
+            ambiguous = (score > to_score) & marginal
+            variance = np.exp(score) if cfg.rule == "variance" else score
+            crack = np.unpackbits(predicted[tile_id], count=mask.size).reshape(mask.shape)
+            crack_a += int((crack.astype(bool) & ambiguous).sum())
+        else:  # a tile without marginal ring (pass 1 skipped it)
+            ambiguous = marginal = np.zeros(mask.shape, bool)
+        cv2.imwrite(str(tmp / "ambiguous" / f"{tile_id}.png"), ambiguous.astype(np.uint8) * 255)
+        n_m, n_a = int(marginal.sum()), int(ambiguous.sum())
+        total_m, total_a = total_m + n_m, total_a + n_a
+        writer.writerow([tile_id, n_m, n_a, f"{n_a / n_m if n_m else 0.0:.6f}"])
+        if len(preview) < cfg.overview and variance is not None:
+            image = (item["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            preview.append((image, mask, variance, ambiguous))
+    (tmp / "selection.csv").write_text(csv_buf.getvalue())
+    return SimpleNamespace(m=total_m, a=total_a, crack_a=crack_a, preview=preview)
+
+
+def _warnings(
+    cfg: SelectConfig,
+    codec: _Codec,
+    fraction: float,
+    total_m: int,
+    threshold: float,
+    quantiles: dict[str, float],
+) -> list[str]:
+    """An empty selection, or one of almost the whole ring, said with the fix."""
+    name = "gamma" if cfg.rule == "variance" else "lam"
+    warnings = []
+    if total_m and fraction == 0:
+        warnings.append(
+            f"no pixel of the marginal ring has {codec.unit} > {name} = {threshold:.4g} (the "
+            f"ring's 99th percentile is {quantiles.get('q99', 0):.3g}); phase 2 will train "
+            f"like BCE. Train phase 1 longer, lower --{name}, or select a share with "
+            "--fraction"
+        )
+    elif fraction > 0.9:
+        warnings.append(
+            f"{fraction:.0%} of the marginal ring is selected ({name} = {threshold:.4g}): "
+            f"the phase-I model has not learned where labels are ambiguous; train phase 1 "
+            f"longer or raise --{name}"
+        )
+    for message in warnings:
+        log.warning("%s", message)
+    return warnings

@@ -21,7 +21,7 @@ private socket for the length of a ``with`` block.
 Example::
 
     from kfp import local
-    from cirl.container_runner import docker_runner, podman_service
+    from cirl.orchestration.container_runner import docker_runner, podman_service
 
     with podman_service("/tmp/cirl-podman"):  # sets DOCKER_HOST inside the block
         local.init(runner=docker_runner(), pipeline_root="/abs/path/runs", raise_on_error=True)

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from cirl.errors import CirlError
-from cirl.metrics import SegmentationMetrics, disk
+from cirl.method.metrics import SegmentationMetrics, disk
 from cirl.staging import staged_dir
 
 PER_IMAGE_COLUMNS = (

@@ -5,7 +5,7 @@
   (``int8/NAME.int8.onnx``), the PyTorch weights (``checkpoint/model_state.pt``: state dict
   and configs, no optimizer) and the configs and reports as artifacts of a ``register`` run,
   and registers a new version of a named model. The version carries the lineage tags of
-  :func:`cirl.tracking.lineage_tags`, the test metrics of the evaluation (``test.f1``,
+  :func:`cirl.lineage.tracking.lineage_tags`, the test metrics of the evaluation (``test.f1``,
   ``test.precision``...), the test split and the manifest SHA-256 of the test data
   (``test.split``, ``test.manifest_sha256``), and the checkpoint's SHA-256. The model and the
   evaluation must come from the same checkpoint (checked through the hashes both record).
@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from cirl.errors import CirlError
-from cirl.tracking import TrackingConfig
+from cirl.lineage.schema import Tag, tag_float
+from cirl.lineage.tracking import TrackingConfig
 
 DEFAULT_MODEL_NAME = "cirl-crack"
 CHAMPION = "champion"
@@ -230,7 +231,7 @@ def _weights_file(checkpoint: Path, folder: Path) -> Path:
     """The checkpoint without its optimizer state: weights, configs, provenance."""
     import torch
 
-    from cirl.checkpoint import load_checkpoint
+    from cirl.models.checkpoint import load_checkpoint
 
     payload = load_checkpoint(checkpoint)
     keep = ("model", "model_config", "config", "epoch", "best_val_f1", "provenance")
@@ -273,9 +274,9 @@ def register(
     """
     import numpy as np
 
-    from cirl import tracking as tracking_layer
-    from cirl.engine import int8_path
     from cirl.hashing import file_sha256
+    from cirl.lineage import tracking as tracking_layer
+    from cirl.models.files import int8_path
 
     tracking = _tracking(tracking)
     model = Path(model)
@@ -302,11 +303,11 @@ def register(
     }
     version_tags.update(
         {
-            "cirl.checkpoint_sha256": meta["checkpoint_sha256"],
-            "cirl.model_config": meta.get("model_config", ""),
+            Tag.CHECKPOINT_SHA256: meta["checkpoint_sha256"],
+            Tag.MODEL_CONFIG: meta.get("model_config", ""),
             # the threshold predict decides at (calibrated on the validation split), if any
             **(
-                {"cirl.decision_threshold": meta["decision_threshold"]}
+                {Tag.DECISION_THRESHOLD: meta["decision_threshold"]}
                 if meta.get("decision_threshold")
                 else {}
             ),
@@ -327,8 +328,8 @@ def register(
         parent_run_id=parent_run_id,
         run_name=f"register {cfg.name}",
         tags={
-            "cirl.manifest_sha256": manifest,
-            "cirl.checkpoint_sha256": meta["checkpoint_sha256"],
+            Tag.MANIFEST_SHA256: manifest,
+            Tag.CHECKPOINT_SHA256: meta["checkpoint_sha256"],
         },
     ) as run:
         import mlflow
@@ -348,7 +349,7 @@ def register(
                     ),
                     [
                         InputTag("mlflow.data.context", "evaluation"),
-                        InputTag("cirl.manifest_sha256", manifest),
+                        InputTag(Tag.MANIFEST_SHA256, manifest),
                     ],
                 )
             ],
@@ -380,7 +381,7 @@ def register(
         quantized = int8_path(model)
         if quantized.is_file():  # the gated int8 copy: fetched beside the model for predict
             run.log_artifact(quantized, INT8_ARTIFACTS)
-            version_tags["cirl.int8_sha256"] = file_sha256(quantized)
+            version_tags[Tag.INT8_SHA256] = file_sha256(quantized)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             if checkpoint is not None:
@@ -408,9 +409,7 @@ def register(
                 f"could not register {cfg.name!r} at {run.tracking.uri} "
                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
             ) from None
-        run.set_tags(
-            {"cirl.registered_model": cfg.name, "cirl.registered_version": version.version}
-        )
+        run.set_tags({Tag.REGISTERED_MODEL: cfg.name, Tag.REGISTERED_VERSION: version.version})
     promotion = None
     if cfg.promote:
         promotion = promote(PromoteConfig(cfg.name, cfg.margin), version.version, tracking)
@@ -426,7 +425,7 @@ def register(
 
 
 def _client(tracking: TrackingConfig | None) -> tuple[Any, str]:
-    from cirl.tracking import open_store
+    from cirl.lineage.tracking import open_store
 
     tracking = _tracking(tracking)
     return open_store(tracking.tracking_uri, tracking.tracking_timeout, tracking.experiment)
@@ -451,6 +450,50 @@ def _alias_version(client: Any, name: str, alias: str) -> Any | None:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def resolve_version(
+    client: Any,
+    store: str,
+    uri: str,
+    action: str,
+    unknown_fix: str = "set --tracking-uri / MLFLOW_TRACKING_URI to the registry that holds it",
+    alias_fix: str | None = None,
+) -> tuple[Any, str | None]:
+    """The model version ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` names on
+    ``client``'s registry, and the alias it was named by (None for a version number).
+
+    Raises:
+        CirlError: ``cannot {action} {uri}: ...`` for a malformed URI, an unknown model (with
+            the models there and ``unknown_fix``), alias (with the aliases and ``alias_fix``)
+            or version.
+    """
+    from mlflow.exceptions import MlflowException
+
+    name, alias, number = parse_model_uri(uri)
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        known = [m.name for m in client.search_registered_models(max_results=20)]
+        raise CirlError(
+            f"cannot {action} {uri}: no registered model {name!r} at {store} (models there: "
+            f"{', '.join(known) or 'none'}); {unknown_fix}"
+        ) from None
+    if alias is not None:
+        version = _alias_version(client, name, alias)
+        if version is None:
+            fix = alias_fix or f"name a version (models:/{name}/N) or one of the aliases"
+            raise CirlError(
+                f"cannot {action} {uri}: model {name!r} at {store} has no alias {alias!r} "
+                f"(aliases: {', '.join(sorted(model.aliases)) or 'none'}); {fix}"
+            )
+        return version, alias
+    try:
+        return client.get_model_version(name, number), None
+    except MlflowException:
+        raise CirlError(
+            f"cannot {action} {uri}: model {name!r} has no version {number} at {store}"
+        ) from None
 
 
 def _score(version: Any, uri: str) -> tuple[float, str, str]:
@@ -524,13 +567,13 @@ def promote(
         cfg.name, version, decision, moved, previous, f1, champion_f1, cfg.margin, reason
     )
     for key, value in {
-        "cirl.promotion_decision": decision,
-        "cirl.promotion_reason": reason,
-        "cirl.promotion_f1": repr(f1),
-        "cirl.promotion_champion_version": previous or "",
-        "cirl.promotion_champion_f1": "" if champion_f1 is None else repr(champion_f1),
-        "cirl.promotion_margin": repr(cfg.margin),
-        "cirl.promotion_at": _now().isoformat(),
+        Tag.PROMOTION_DECISION: decision,
+        Tag.PROMOTION_REASON: reason,
+        Tag.PROMOTION_F1: repr(f1),
+        Tag.PROMOTION_CHAMPION_VERSION: previous or "",
+        Tag.PROMOTION_CHAMPION_F1: "" if champion_f1 is None else repr(champion_f1),
+        Tag.PROMOTION_MARGIN: repr(cfg.margin),
+        Tag.PROMOTION_AT: _now().isoformat(),
     }.items():
         client.set_model_version_tag(cfg.name, version, key, value)
     if moved:
@@ -564,21 +607,21 @@ def _move_alias(
     The record is a run that stays RUNNING until the alias has moved, then FINISHED (FAILED if
     the move failed); :func:`alias_history` reads only FINISHED records.
     """
-    from cirl.tracking import ensure_experiment, lineage_tags
+    from cirl.lineage.tracking import ensure_experiment, lineage_tags
 
     name = promotion.name
     experiment = ensure_experiment(client, uri, HISTORY_EXPERIMENT)
     reason = promotion.reason if version else f"version {previous} became {CHAMPION}"
     tags = {
-        "cirl.model": name,
-        "cirl.alias": alias,
-        "cirl.version": version or "",
-        "cirl.previous_version": previous or "",
-        "cirl.moved_at": _now().isoformat(),
-        "cirl.reason": reason,
-        "cirl.f1": repr(promotion.f1),
-        "cirl.champion_f1": "" if promotion.champion_f1 is None else repr(promotion.champion_f1),
-        "cirl.margin": repr(promotion.margin),
+        Tag.MODEL: name,
+        Tag.ALIAS: alias,
+        Tag.VERSION: version or "",
+        Tag.PREVIOUS_VERSION: previous or "",
+        Tag.MOVED_AT: _now().isoformat(),
+        Tag.REASON: reason,
+        Tag.F1: repr(promotion.f1),
+        Tag.CHAMPION_F1: "" if promotion.champion_f1 is None else repr(promotion.champion_f1),
+        Tag.MARGIN: repr(promotion.margin),
         **{f"lineage.{k}": v for k, v in lineage_tags().items() if k.startswith("cirl.")},
     }
     target = f"v{version}" if version else "(removed)"
@@ -595,13 +638,6 @@ def _move_alias(
             f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
         ) from None
     client.set_terminated(record.info.run_id, "FINISHED")
-
-
-def _float(text: str | None) -> float | None:
-    try:
-        return float(text) if text else None
-    except ValueError:
-        return None
 
 
 def alias_history(
@@ -631,14 +667,14 @@ def alias_history(
             tags = run.data.tags
             moves.append(
                 AliasMove(
-                    model=tags["cirl.model"],
-                    alias=tags["cirl.alias"],
-                    version=tags.get("cirl.version") or None,
-                    previous=tags.get("cirl.previous_version") or None,
-                    moved_at=dt.datetime.fromisoformat(tags["cirl.moved_at"]),
-                    reason=tags.get("cirl.reason", ""),
-                    f1=_float(tags.get("cirl.f1")),
-                    champion_f1=_float(tags.get("cirl.champion_f1")),
+                    model=tags[Tag.MODEL],
+                    alias=tags[Tag.ALIAS],
+                    version=tags.get(Tag.VERSION) or None,
+                    previous=tags.get(Tag.PREVIOUS_VERSION) or None,
+                    moved_at=dt.datetime.fromisoformat(tags[Tag.MOVED_AT]),
+                    reason=tags.get(Tag.REASON, ""),
+                    f1=tag_float(tags.get(Tag.F1)),
+                    champion_f1=tag_float(tags.get(Tag.CHAMPION_F1)),
                     run_id=run.info.run_id,
                 )
             )
@@ -751,40 +787,23 @@ def fetch_model(
         CirlError: on a malformed URI, a registry that cannot be reached, an unknown model,
             alias or version, or a version without an ONNX file; naming the URI and the fix.
     """
-    from mlflow.exceptions import MlflowException
 
-    from cirl.tracking import artifact_error, mlflow_uri, open_store
+    from cirl.lineage.tracking import artifact_error, mlflow_uri, open_store
 
-    name, alias, number = parse_model_uri(uri)
+    name = parse_model_uri(uri)[0]
     try:
         client, store = open_store(tracking_uri, timeout, must_exist=True)
     except CirlError as exc:
         raise CirlError(f"cannot resolve {uri}: {exc}") from None
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        known = [m.name for m in client.search_registered_models(max_results=20)]
-        raise CirlError(
-            f"cannot resolve {uri}: no registered model {name!r} at {store} (models there: "
-            f"{', '.join(known) or 'none'}); register one with `cirl register`, or set "
-            "--tracking-uri / MLFLOW_TRACKING_URI to the registry that holds it"
-        ) from None
-    if alias is not None:
-        version = _alias_version(client, name, alias)
-        if version is None:
-            aliases = sorted(client.get_registered_model(name).aliases)
-            raise CirlError(
-                f"cannot resolve {uri}: model {name!r} at {store} has no alias {alias!r} "
-                f"(aliases: {', '.join(aliases) or 'none'}); promote a version with "
-                "`cirl promote`, or use one of the aliases"
-            )
-    else:
-        try:
-            version = client.get_model_version(name, number)
-        except MlflowException:
-            raise CirlError(
-                f"cannot resolve {uri}: model {name!r} has no version {number} at {store}"
-            ) from None
+    version, _ = resolve_version(
+        client,
+        store,
+        uri,
+        "resolve",
+        unknown_fix="register one with `cirl register`, or set --tracking-uri / "
+        "MLFLOW_TRACKING_URI to the registry that holds it",
+        alias_fix="promote a version with `cirl promote`, or use one of the aliases",
+    )
     # versions are immutable, but a store can be recreated with the same names and numbers:
     # the key includes the version's source (its logged model's unique id) and run
     key = hashlib.sha256(f"{store}|{version.source}|{version.run_id}".encode()).hexdigest()[:16]
@@ -835,7 +854,7 @@ def _fetch_int8(client, run_id: str, model: Path, store: str) -> None:
     against the one the model's accuracy gate pinned before it is used)."""
     import mlflow
 
-    from cirl.engine import int8_path
+    from cirl.models.files import int8_path
 
     logged = [f.path for f in client.list_artifacts(run_id, INT8_ARTIFACTS) if not f.is_dir]
     if not logged:

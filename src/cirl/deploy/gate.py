@@ -49,7 +49,7 @@ def score(engine, data: str | os.PathLike, split: str, keep: bool = False) -> di
     """F1 (per image, 0.5), ODS and AP of an engine on a split of a prepared folder.
 
     Args:
-        engine: a :mod:`cirl.engine` engine.
+        engine: a :mod:`cirl.deploy.engine` engine.
         data: the prepared folder.
         split: ``train``, ``val`` or ``test``.
         keep: also return the probabilities (``"probs"``: tile id -> ``(H, W)`` float32).
@@ -58,7 +58,7 @@ def score(engine, data: str | os.PathLike, split: str, keep: bool = False) -> di
         ``f1``, ``ods``, ``ap``, ``images``, ``seconds`` (inference only).
     """
     from cirl.data.tiles import TileDataset
-    from cirl.metrics import SegmentationMetrics
+    from cirl.method.metrics import SegmentationMetrics
 
     metrics = SegmentationMetrics()
     dataset = TileDataset(data, split)
@@ -104,7 +104,7 @@ def machine() -> str:
 
 def _candidates(int8: Path | None) -> dict[str, object]:
     """Engine name -> how to open it, or the reason it is not gated here."""
-    from cirl.engine import cpu_has_bf16
+    from cirl.deploy.engine import cpu_has_bf16
 
     found: dict[str, object] = {}
     if int8 is not None:
@@ -135,8 +135,8 @@ def run_gate(
         differences, the largest probability difference, the time per image and ``passed``
         (or ``skipped`` with the reason).
     """
-    from cirl.engine import OnnxEngine, OpenVinoEngine
-    from cirl.inference import subnormals_as_zero
+    from cirl.deploy.engine import OnnxEngine, OpenVinoEngine
+    from cirl.models.inference import subnormals_as_zero
 
     if not tolerance > 0:
         raise CirlError(f"gate tolerance must be > 0, got {tolerance}")
@@ -217,6 +217,37 @@ def gate_status(metadata: dict[str, str], engine: str) -> dict:
     return {"passed": bool(entry["passed"]), "reason": reason}
 
 
+def check_gate(opened, path: Path, force: bool) -> None:
+    """Refuse a low-precision engine the model's accuracy gate did not pass, unless forced."""
+    from cirl.deploy.engine import GATED, LOW_PRECISION
+
+    if opened.name not in GATED:
+        return
+    status = gate_status(opened.metadata, opened.name)
+    opened.description["gate"] = status
+    if status["passed"]:
+        return
+    if status["passed"] is None and opened.name not in LOW_PRECISION:
+        log.warning("%s with %s: %s", path, opened.name, status["reason"])
+        return
+    verdict = "failed" if status["passed"] is False else "has not passed"
+    if force:
+        log.warning(
+            "%s: %s %s the accuracy gate (%s); used anyway (--force)",
+            path,
+            opened.name,
+            verdict,
+            status["reason"],
+        )
+        opened.description["gate"]["forced"] = True
+        return
+    raise CirlError(
+        f"{path}: engine {opened.name} {verdict} the accuracy gate ({status['reason']}); use "
+        "--engine onnx or auto, re-export with --data to gate it, or pass --force to use it "
+        "anyway"
+    )
+
+
 def _time_engine(engine, tile: int, batch: int, repeats: int) -> float:
     """Median seconds per tile of ``engine`` on a seeded ``(batch, 3, tile, tile)`` input."""
     x = np.random.default_rng(0).random((batch, 3, tile, tile), dtype=np.float32)
@@ -232,7 +263,7 @@ def _time_engine(engine, tile: int, batch: int, repeats: int) -> float:
 
 def passed_engines(model: Path, metadata: dict[str, str]) -> list[str]:
     """The gated engines this model may use on this machine without forcing."""
-    from cirl.engine import GATED, cpu_has_bf16, int8_path
+    from cirl.deploy.engine import GATED, cpu_has_bf16, int8_path
 
     found = []
     for name in GATED:
@@ -260,7 +291,7 @@ def choose_engine(
         ``engine`` (its name), ``why`` (one sentence), ``ms_per_tile`` per engine timed,
         ``machine``, ``cached`` (whether the timing was reused).
     """
-    from cirl.engine import read_metadata
+    from cirl.deploy.engine import read_metadata
 
     model = Path(model)
     metadata = read_metadata(model)
@@ -295,13 +326,15 @@ def choose_engine(
     known = host.recall(CACHE, key)
     if known is not None:
         return {**known, "cached": True}
-    from cirl.engine import load_engine
-    from cirl.inference import subnormals_as_zero
+    from cirl.deploy.engine import check_contract, open_file
+    from cirl.models.inference import subnormals_as_zero
 
     timings = {}
     with subnormals_as_zero():
         for name in candidates:
-            engine = load_engine(model, name, threads, "cpu")
+            # the reference and engines that passed the gate: opened without its check
+            engine = open_file(model, name, threads, "cpu")
+            check_contract(engine, model)
             timings[name] = 1000 * _time_engine(engine, tile, batch, repeats)
             del engine
     best = min(timings, key=timings.get)

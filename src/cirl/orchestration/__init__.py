@@ -1,0 +1,2 @@
+"""Running the stages: the CLI, the KFP tasks behind the components, and the local runners
+(subprocess and container)."""

@@ -1,0 +1,1 @@
+"""Optuna sweeps over the method's parameters (sensitivity grids and search)."""
