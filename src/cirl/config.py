@@ -191,12 +191,12 @@ STAGE_CONFIGS: dict[str, str] = {
     "select": "cirl.method.selection:SelectConfig",
     "evaluate": "cirl.method.evaluate:EvaluateConfig",
     "export": "cirl.deploy.export:ExportConfig",
-    "predict": "cirl.deploy.predict:PredictConfig",
+    "predict": "cirl.deploy.predict_config:PredictConfig",
     "tracking": "cirl.lineage.tracking:TrackingConfig",
     "register": "cirl.lineage.registry:RegisterConfig",
     "promote": "cirl.lineage.registry:PromoteConfig",
     "audit": "cirl.audit:AuditConfig",
-    "sweep": "cirl.tuning.sweep:SweepConfig",
+    "sweep": "cirl.tuning.space:SweepConfig",
 }
 
 

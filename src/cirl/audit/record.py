@@ -57,7 +57,7 @@ def _store(uri: str, tracking: TrackingConfig) -> tuple[Any, str]:
 
 def _resolve(client: Any, store: str, uri: str) -> tuple[Any, str | None]:
     """The model version a URI names, and the alias it was named by."""
-    from cirl.lineage.registry import resolve_version
+    from cirl.lineage.fetch import resolve_version
 
     return resolve_version(client, store, uri, "audit")
 

@@ -32,7 +32,7 @@ class _OnnxCheck:
 
     def __init__(self, record: dict, cfg: AuditConfig, store: str, folder: Path) -> None:
         from cirl.deploy.engine import OnnxEngine
-        from cirl.lineage.registry import fetch_model
+        from cirl.lineage.fetch import fetch_model
         from cirl.method.metrics import SegmentationMetrics
 
         uri = f"models:/{record['name']}/{record['version']}"

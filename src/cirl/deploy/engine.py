@@ -19,7 +19,7 @@ gate recorded in the model's metadata).
 
 A model may also be named by an MLflow registry URI, ``models:/NAME@ALIAS`` or
 ``models:/NAME/VERSION`` (ONNX engine): the version's ONNX file is fetched once into a cache
-folder (:func:`cirl.lineage.registry.fetch_model`), so deployments refer to an alias, not a file.
+folder (:func:`cirl.lineage.fetch.fetch_model`), so deployments refer to an alias, not a file.
 
 This module holds the engines; :func:`cirl.deploy.opener.load_engine` opens a model by file or
 name with a chosen engine (``auto`` included), the accuracy gate checked.

@@ -64,7 +64,7 @@ def load_engine(
     if engine not in ENGINES:
         raise CirlError(f"unknown engine {engine!r}; valid engines are: {', '.join(ENGINES)}")
     if is_registry_uri(model):
-        from cirl.lineage.registry import fetch_model
+        from cirl.lineage.fetch import fetch_model
 
         if engine == "torch":
             raise CirlError(

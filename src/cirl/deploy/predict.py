@@ -31,6 +31,10 @@ resumes where it stopped.
 The input is a photo, a folder of photos, or an ``s3://bucket/prefix`` of photos (fetched one
 at a time, the next while the current one is processed; endpoint and credentials from the
 standard ``AWS_*`` environment, as for ``cirl prepare``).
+
+Modules: :mod:`~cirl.deploy.predict_config` (parameters, result, threshold),
+:mod:`~cirl.deploy.windows` (a photo through tiles), :mod:`~cirl.deploy.photo_outputs` (the
+files, the summary, resume).
 """
 
 from __future__ import annotations
@@ -39,9 +43,8 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -50,207 +53,22 @@ from cirl import __version__
 from cirl.config import to_dict
 from cirl.data.images import IMAGE_SUFFIXES, read_image_with_notes
 from cirl.data.remote import EndpointError
+from cirl.deploy.photo_outputs import (
+    MAX_ENDPOINT_FAILURES,
+    _abandon,
+    _finished,
+    _local_fingerprint,
+    _Photo,
+    _prefetched,
+    _summary_row,
+    _write_summary,
+)
+from cirl.deploy.predict_config import PredictConfig, PredictResult, decision_threshold
+from cirl.deploy.windows import sliding_window
 from cirl.errors import CirlError
 from cirl.staging import staged_file, writable_dir
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """Parameters of prediction (``params.yaml`` group ``predict``).
-
-    Attributes:
-        engine: ``auto`` (the fastest engine on this machine that passed the model's
-            accuracy gate recorded in its metadata), ``onnx`` (onnxruntime fp32, the
-            reference), ``onnx-int8`` (the static int8 copy beside the model), ``openvino``,
-            ``openvino-bf16`` or ``torch`` (a ``.pt`` checkpoint).
-        tile: sliding-window tile side, a multiple of the model's stride.
-        overlap: pixels shared by neighbouring tiles (blended), < tile.
-        batch: tiles per forward pass.
-        threshold: crack where probability >= threshold; ``auto``: the model's calibrated
-            decision threshold (the validation split's best, recorded by ``cirl export
-            --evaluation``), else 0.5, the paper's protocol.
-        threads: CPU threads of the engine (0 = its default).
-        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        mm_per_pixel: ground sampling distance; > 0 adds millimetre columns, 0 = unknown.
-        min_crack_pixels: connected cracks smaller than this are not measured (noise).
-        max_crack_width: connected regions wider than this (pixels) are not cracks (stains,
-            shadows, or a model that does not fit the photos): reported, not measured.
-        overlay_alpha: opacity of the red crack colour in the overlay.
-        force: use a low-precision engine (int8, bf16) whose accuracy gate failed or never ran.
-        resume: skip photos whose outputs are already in the output folder, made from the same
-            photo with the same model and parameters.
-    """
-
-    engine: str = "auto"
-    tile: int = 512
-    overlap: int = 64
-    batch: int = 4
-    threshold: float | Literal["auto"] = "auto"
-    threads: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    mm_per_pixel: float = 0.0
-    min_crack_pixels: int = 20
-    max_crack_width: float = 200.0
-    overlay_alpha: float = 0.6
-    force: bool = False
-    resume: bool = True
-
-    def __post_init__(self) -> None:
-        from cirl.deploy.engine import ENGINES
-
-        if self.engine not in ENGINES:
-            raise ValueError(
-                f"key 'engine' must be one of {', '.join(ENGINES)}, got {self.engine!r}"
-            )
-        if self.tile < 32:
-            raise ValueError(f"key 'tile' must be >= 32, got {self.tile}")
-        if not 0 <= self.overlap < self.tile // 2:
-            raise ValueError(
-                f"key 'overlap' must be in 0..{self.tile // 2 - 1} (under half the tile), "
-                f"got {self.overlap}"
-            )
-        if self.batch < 1:
-            raise ValueError(f"key 'batch' must be >= 1, got {self.batch}")
-        if self.threshold != "auto" and not 0 < self.threshold < 1:
-            raise ValueError(
-                f"key 'threshold' must be auto or a number in (0, 1), got {self.threshold}"
-            )
-        if self.threads < 0:
-            raise ValueError(f"key 'threads' must be >= 0, got {self.threads}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"key 'device' must be auto, cpu or cuda, got {self.device!r}")
-        if not (self.mm_per_pixel >= 0 and np.isfinite(self.mm_per_pixel)):
-            raise ValueError(f"key 'mm_per_pixel' must be a number >= 0, got {self.mm_per_pixel}")
-        if self.min_crack_pixels < 1:
-            raise ValueError(f"key 'min_crack_pixels' must be >= 1, got {self.min_crack_pixels}")
-        if not self.max_crack_width > 0:
-            raise ValueError(f"key 'max_crack_width' must be > 0, got {self.max_crack_width}")
-        if not 0 <= self.overlay_alpha <= 1:
-            raise ValueError(f"key 'overlay_alpha' must be in [0, 1], got {self.overlay_alpha}")
-
-
-@dataclass
-class PredictResult:
-    """What happened to every input."""
-
-    out: Path
-    done: list[str] = field(default_factory=list)
-    failed: list[dict] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    """Photos whose outputs an earlier run had already made (``resume``)."""
-    engine: str = ""
-    """The engine that ran (``auto`` resolved)."""
-    engine_choice: dict | None = None
-    """Why ``auto`` chose it, with its timings (None for a named engine)."""
-
-
-def window_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Tile starts along one axis: step ``tile - overlap``, the last shifted to end at the edge.
-
-    ``length`` must be >= ``tile`` (shorter sides are padded first).
-    """
-    if length < tile:
-        raise ValueError(f"length {length} is shorter than the tile {tile}; pad it first")
-    step = tile - overlap
-    starts = list(range(0, length - tile + 1, step))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
-
-
-def blend_window(tile: int, overlap: int) -> np.ndarray:
-    """``(tile,)`` weights: 1 in the middle, falling linearly to ``0.5 / overlap`` at the ends.
-
-    The 2-D weight of a tile is the outer product of two of these. Weighted averaging makes
-    the blend continuous across tile borders (each tile fades out where its neighbour takes
-    over), and the weight stays positive, so a pixel covered by one tile only keeps its value.
-    """
-    if overlap == 0:
-        return np.ones(tile, np.float32)
-    index = np.arange(tile, dtype=np.float32)
-    edge = np.minimum(index, tile - 1 - index) + 0.5
-    return np.clip(edge / overlap, 0.0, 1.0).astype(np.float32)
-
-
-def sliding_window(
-    image_rgb: np.ndarray, engine, cfg: PredictConfig
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Run ``engine`` over ``image_rgb`` tile by tile and blend.
-
-    Args:
-        image_rgb: ``(H, W, 3)`` uint8 RGB photo of any size.
-        engine: an engine from :func:`cirl.deploy.opener.load_engine`.
-        cfg: tile, overlap, batch and threshold (``auto``: the engine's model's).
-
-    Returns:
-        ``(prob8, mask, stats)``: ``(H, W)`` uint8 probability (value / 255), ``(H, W)`` bool
-        crack map (float probability >= threshold, before 8-bit rounding) and counts/timings.
-    """
-    if cfg.tile % engine.stride:
-        raise CirlError(
-            f"tile {cfg.tile} is not a multiple of the model's stride {engine.stride}; "
-            f"use --tile {cfg.tile // engine.stride * engine.stride or engine.stride}"
-        )
-    threshold = decision_threshold(cfg, getattr(engine, "description", {}))["value"]
-    h, w = image_rgb.shape[:2]
-    T = cfg.tile
-    ph, pw = max(T - h, 0), max(T - w, 0)
-    if ph or pw:  # smaller than a tile: reflect so the model sees plausible context
-        mode = cv2.BORDER_REFLECT_101 if min(h, w) > 1 else cv2.BORDER_REPLICATE
-        image_rgb = cv2.copyMakeBorder(image_rgb, 0, ph, 0, pw, mode)
-    H, W = image_rgb.shape[:2]
-    ys, xs = window_starts(H, T, cfg.overlap), window_starts(W, T, cfg.overlap)
-    ramp = blend_window(T, cfg.overlap)
-    weight = np.outer(ramp, ramp)
-    prob8 = np.zeros((h, w), np.uint8)
-    mask = np.zeros((h, w), bool)
-    # Strip accumulators for the rows [base, base + T) of the padded photo.
-    num = np.zeros((T, W), np.float32)
-    den = np.zeros((T, W), np.float32)
-    base = 0
-    infer_seconds = 0.0
-
-    def flush(upto: int) -> None:
-        """Finish rows [base, upto): no later tile row touches them."""
-        nonlocal base, num, den
-        rows = upto - base
-        if rows <= 0:
-            return
-        p = num[:rows] / den[:rows]
-        lo, hi = base, min(upto, h)
-        if hi > lo:
-            part = p[: hi - lo, :w]
-            mask[lo:hi] = part >= threshold
-            prob8[lo:hi] = np.clip(np.rint(part * 255.0), 0, 255).astype(np.uint8)
-        num = np.concatenate([num[rows:], np.zeros((rows, W), np.float32)])
-        den = np.concatenate([den[rows:], np.zeros((rows, W), np.float32)])
-        base = upto
-
-    boxes = [(y, x) for y in ys for x in xs]
-    for start in range(0, len(boxes), cfg.batch):
-        chunk = boxes[start : start + cfg.batch]
-        if chunk[0][0] > base:
-            flush(chunk[0][0])
-        batch = np.stack([image_rgb[y : y + T, x : x + T] for y, x in chunk])
-        batch = batch.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
-        t0 = time.perf_counter()
-        probs = engine(batch)[:, 0]
-        infer_seconds += time.perf_counter() - t0
-        for (y, x), p in zip(chunk, probs, strict=True):
-            if y > base:  # a batch may span two tile rows
-                flush(y)
-            num[y - base : y - base + T, x : x + T] += p * weight
-            den[y - base : y - base + T, x : x + T] += weight
-    flush(H)
-    stats = {
-        "tiles": len(boxes),
-        "grid": [len(ys), len(xs)],
-        "padded_to": [H, W] if (ph or pw) else None,
-        "infer_seconds": infer_seconds,
-    }
-    return prob8, mask, stats
 
 
 def render_overlay(image_bgr: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
@@ -407,53 +225,6 @@ def _warm_measure() -> None:
         log.debug("measurement warm-up failed: %s", exc)
 
 
-SUMMARY_COLUMNS: tuple[str, ...] = (
-    "image",
-    "name",
-    "status",
-    "cracks",
-    "total_length_px",
-    "max_width_px",
-    "longest_length_px",
-    "total_length_mm",
-    "max_width_mm",
-    "crack_fraction",
-    "width",
-    "height",
-    "seconds",
-    "engine",
-    "reason",
-)
-"""Columns of ``summary.csv``: one row per input photo."""
-
-# the parameters that change a photo's outputs: a report made with other values is redone
-_OUTPUT_PARAMS = (
-    "tile",
-    "overlap",
-    "threshold",
-    "mm_per_pixel",
-    "min_crack_pixels",
-    "max_crack_width",
-    "overlay_alpha",
-)
-
-
-@dataclass(frozen=True)
-class _Photo:
-    """One input: where it is, its output name and what identifies its content."""
-
-    source: str
-    name: str
-    fingerprint: str
-    local: Path | None = None
-    remote: object = None
-
-
-def _local_fingerprint(path: Path) -> str:
-    stat = path.stat()
-    return f"size={stat.st_size};mtime_ns={stat.st_mtime_ns}"
-
-
 def _inputs(inputs: str | os.PathLike) -> tuple[list[_Photo], object]:
     """The photos of ``inputs`` (file, folder or ``s3://`` prefix) and the remote listing."""
     from cirl.data.remote import is_s3_uri, list_objects
@@ -469,144 +240,6 @@ def _inputs(inputs: str | os.PathLike) -> tuple[list[_Photo], object]:
     files = list_inputs(Path(inputs))
     names = _names(files)
     return [_Photo(str(f), names[f], _local_fingerprint(f), local=f) for f in files], None
-
-
-def _finished(out: Path, photo: _Photo, engine, cfg: PredictConfig) -> dict | None:
-    """The report of an earlier run that already made this photo's outputs, if any."""
-    try:
-        report = json.loads((out / f"{photo.name}.json").read_text())
-    except (OSError, ValueError):
-        return None
-    same = (
-        report.get("image") == photo.source
-        and report.get("input_fingerprint") == photo.fingerprint
-        and report.get("model", {}).get("checkpoint_sha256")
-        == engine.description.get("checkpoint_sha256")
-        and all(report.get("params", {}).get(k) == getattr(cfg, k) for k in _OUTPUT_PARAMS)
-        and all((out / f).is_file() for f in report.get("outputs", []))
-    )
-    return report if same else None
-
-
-_TIMED = ("read", "predict", "measure", "write")
-
-
-def _summary_row(photo: _Photo, status: str, report: dict | None, reason: str = "") -> dict:
-    row = {"image": photo.source, "name": photo.name, "status": status, "reason": reason}
-    if report is not None:
-        cracks = report["cracks"]
-        row.update(
-            {
-                "cracks": cracks["count"],
-                "total_length_px": cracks["total_length_px"],
-                "max_width_px": cracks["max_width_px"],
-                "longest_length_px": cracks["longest_length_px"],
-                "total_length_mm": cracks.get("total_length_mm", ""),
-                "max_width_mm": cracks.get("max_width_mm", ""),
-                "crack_fraction": round(report["crack_fraction"], 6),
-                "width": report["width"],
-                "height": report["height"],
-                "seconds": round(sum(report["seconds"].get(k, 0.0) for k in _TIMED), 3),
-                "engine": report["engine"],
-            }
-        )
-    return row
-
-
-MAX_ENDPOINT_FAILURES = 3
-"""Photos in a row whose download failed at the endpoint (not the object) before a run gives
-up: a store that stopped answering fails every remaining photo, each after its timeouts."""
-
-OUTPUT_SUFFIXES = ("_mask.png", "_prob.png", "_overlay.jpg", "_cracks.csv", ".json")
-"""The files of one photo ``NAME``: ``NAME`` + each suffix."""
-
-
-def _abandon(out: Path, photo: _Photo, rows: list[dict], result: PredictResult, exc: OSError):
-    """Stop a run whose outputs cannot be written: remove the photo's partial outputs, record
-    what is done where it still fits, and raise the one-line error with the fix."""
-    import contextlib
-
-    from cirl.errors import describe_os_error
-
-    for suffix in OUTPUT_SUFFIXES:
-        with contextlib.suppress(OSError):
-            (out / f"{photo.name}{suffix}").unlink(missing_ok=True)
-    message = describe_os_error(exc)
-    rows.append(_summary_row(photo, "failed", None, message))
-    with contextlib.suppress(OSError):  # the same disk: it may not fit either
-        _write_summary(out, rows)
-    raise CirlError(
-        f"stopped at {photo.source}: {message}. {len(result.done)} photo(s) done before it "
-        f"have complete outputs in {out}; run the same command again to go on (finished "
-        "photos are skipped)"
-    )
-
-
-def _write_summary(out: Path, rows: list[dict]) -> None:
-    import csv
-
-    with staged_file(out / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _prefetched(photos: list[_Photo], listing, folder: Path, skip: set[str]):
-    """Yield ``(photo, local path or CirlError)``; remote photos are downloaded one ahead."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if listing is None:
-        for photo in photos:
-            yield photo, photo.local
-        return
-
-    def fetch(photo: _Photo) -> Path | CirlError:
-        path = folder / f"{photo.name}{Path(photo.remote.key).suffix.lower()}"
-        try:
-            listing.download(photo.remote, path)
-        except CirlError as exc:
-            return exc
-        return path
-
-    with ThreadPoolExecutor(1) as pool:
-        todo = [p for p in photos if p.name not in skip]
-        ahead = pool.submit(fetch, todo[0]) if todo else None
-        index = 0
-        for photo in photos:
-            if photo.name in skip:
-                yield photo, None
-                continue
-            current = ahead.result()
-            index += 1
-            ahead = pool.submit(fetch, todo[index]) if index < len(todo) else None
-            yield photo, current
-            if isinstance(current, Path):
-                current.unlink(missing_ok=True)
-
-
-def decision_threshold(cfg: PredictConfig, model: dict) -> dict:
-    """The threshold a run uses: ``value`` and ``source`` (why that one).
-
-    Args:
-        cfg: the stage's parameters (``threshold`` a number, or ``auto``).
-        model: the engine's description (``decision_threshold`` where the model records one).
-    """
-    if cfg.threshold != "auto":
-        return {"value": float(cfg.threshold), "source": "given (--threshold)"}
-    recorded = model.get("decision_threshold")
-    if recorded is None:
-        return {
-            "value": 0.5,
-            "source": "0.5, the paper's protocol: the model records no calibrated threshold "
-            "(export it with `cirl export --evaluation EVAL`)",
-        }
-    calibration = model.get("threshold_calibration") or {}
-    return {
-        "value": float(recorded),
-        "source": f"calibrated on the {calibration.get('split', 'val')} split "
-        f"({calibration.get('images', '?')} images, per-image F1 "
-        f"{float(calibration.get('f1') or 0):.3f} there), recorded in the model",
-    }
 
 
 def run(
@@ -751,3 +384,8 @@ def run(
     _write_summary(out, rows)
     record()
     return result
+
+
+# what this module held before it was split, for callers that import it from here
+from cirl.deploy.photo_outputs import OUTPUT_SUFFIXES, SUMMARY_COLUMNS  # noqa: E402, F401
+from cirl.deploy.windows import blend_window, window_starts  # noqa: E402, F401

@@ -138,8 +138,6 @@ def dataset_entity(data: str | os.PathLike, name: str | None = None):
 
     The profile holds the whole hash and the tile and photo counts of the dataset card.
     """
-    from mlflow.entities import Dataset
-
     data = Path(data)
     sha = manifest_sha256(data)
     profile: dict[str, Any] = {"manifest_sha256": sha}
@@ -148,13 +146,30 @@ def dataset_entity(data: str | os.PathLike, name: str | None = None):
         with contextlib.suppress(ValueError, OSError):
             loaded = json.loads(card.read_text())
             profile.update({k: loaded[k] for k in ("tiles", "photos", "format") if k in loaded})
+    return mlflow_dataset(name or data.name or "prepared", sha, data.resolve().as_uri(), profile)
+
+
+def mlflow_dataset(name: str, manifest: str, uri: str, profile: Mapping[str, Any]):
+    """A prepared dataset as an MLflow dataset entity: its digest is the manifest's SHA-256
+    (first 36 digits), its source the folder's URI, its profile JSON."""
+    from mlflow.entities import Dataset
+
     return Dataset(
-        name=name or data.name or "prepared",
-        digest=sha[:36],
+        name=name,
+        digest=manifest[:36],
         source_type="local",
-        source=json.dumps({"uri": data.resolve().as_uri()}),
-        profile=json.dumps(profile),
+        source=json.dumps({"uri": uri}),
+        profile=json.dumps(dict(profile)),
     )
+
+
+def log_dataset_input(client: Any, run_id: str, entity: Any, context: str, manifest: str) -> None:
+    """Record ``entity`` as a dataset input of the run, its role (``context``) and manifest
+    SHA-256 as the input's tags."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    tags = [InputTag("mlflow.data.context", context), InputTag(Tag.MANIFEST_SHA256, manifest)]
+    client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
 
 
 def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:

@@ -66,6 +66,7 @@ from cirl.lineage.records import (  # noqa: F401
     evaluation_scores,
     git_state,
     lineage_tags,
+    log_dataset_input,
     manifest_sha256,
 )
 from cirl.lineage.schema import Tag
@@ -189,22 +190,9 @@ class StageRun(NullRun):
 
     def log_dataset(self, data: str | os.PathLike, context: str) -> None:
         """Record a prepared folder as a dataset input of this run (``context``: its role)."""
-        from mlflow.entities import DatasetInput, InputTag
-
         entity = dataset_entity(data)
         sha = json.loads(entity.profile)["manifest_sha256"]
-        self.client.log_inputs(
-            self.run_id,
-            datasets=[
-                DatasetInput(
-                    entity,
-                    [
-                        InputTag("mlflow.data.context", context),
-                        InputTag(Tag.MANIFEST_SHA256, sha),
-                    ],
-                )
-            ],
-        )
+        log_dataset_input(self.client, self.run_id, entity, context, sha)
         self.set_tags({Tag.MANIFEST_SHA256: sha})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:

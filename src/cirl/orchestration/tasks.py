@@ -23,7 +23,6 @@ pipeline's final state; :func:`register` registers and promotes the exported mod
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import os
 import sys
@@ -119,24 +118,20 @@ def _tracked(
     artifact: ArtifactLike,
     **kwargs: Any,
 ) -> Iterator[Any]:
-    """The stage's MLflow run (a do-nothing run when tracking is off); its id goes into the
-    output artifact's metadata, so the KFP UI links each artifact to its run."""
-    from cirl.lineage import tracking as layer
+    """The stage run (:func:`cirl.orchestration.stage.stage_run`) of a task: its MLflow run id
+    on the output artifact, the parent run failed with the task."""
+    from cirl.orchestration.stage import stage_run
 
-    tracking_cfg = tracking_config(tracking)
-    try:
-        with layer.stage_run(
-            stage, cfg, tracking_cfg, parent_run_id=parent_run_id or None, **kwargs
-        ) as run:
-            if run.run_id:
-                artifact.metadata["mlflow_run_id"] = run.run_id
-            yield run
-    except BaseException as exc:
-        if parent_run_id and tracking_cfg is not None and tracking_cfg.track:
-            # the pipeline failed with this stage: its parent run too, with the stage's error
-            with contextlib.suppress(CirlError):
-                layer.end_pipeline_run(parent_run_id, tracking_cfg, CirlError(f"{stage}: {exc}"))
-        raise
+    with stage_run(
+        stage,
+        cfg,
+        tracking_config(tracking),
+        parent_run_id,
+        artifact=artifact,
+        fail_parent=True,
+        **kwargs,
+    ) as run:
+        yield run
 
 
 def _prepare_output(artifact: ArtifactLike) -> Path:
@@ -287,14 +282,10 @@ def select(
     """Select the ambiguous pixels with the phase-I model (the checkpoint the recipe names:
     :data:`cirl.method.recipe.SELECT_FROM`)."""
     from cirl.method import selection as stage
-    from cirl.models.inference import subnormals_as_zero
 
     cfg = stage_config("select", params)
     out = _prepare_output(ambiguity)
-    with (
-        subnormals_as_zero(),
-        _tracked("select", cfg, tracking, parent_run_id, ambiguity, data=dataset.path, out=out),
-    ):
+    with _tracked("select", cfg, tracking, parent_run_id, ambiguity, data=dataset.path, out=out):
         weights = recipe.selection_checkpoint(phase1.path)
         result = stage.run(cfg, dataset.path, weights, out, progress=False)
     summary = result.summary()
@@ -325,22 +316,18 @@ def evaluate(
 ) -> dict:
     """Score the model's ``best.pt`` on the configured split; metrics, report and overlays."""
     from cirl.method import evaluate as stage
-    from cirl.models.inference import subnormals_as_zero
 
     cfg = stage_config("evaluate", params)
     out = _prepare_output(evaluation)
-    with (
-        subnormals_as_zero(),
-        _tracked(
-            "evaluate",
-            cfg,
-            tracking,
-            parent_run_id,
-            evaluation,
-            data=dataset.path,
-            out=out,
-            run_name=run_name or None,
-        ),
+    with _tracked(
+        "evaluate",
+        cfg,
+        tracking,
+        parent_run_id,
+        evaluation,
+        data=dataset.path,
+        out=out,
+        run_name=run_name or None,
     ):
         weights = recipe.scored_checkpoint(model.path)
         summary = stage.run(cfg, dataset.path, weights, out, progress=False)
@@ -410,11 +397,10 @@ def export(
     ``model.int8.onnx`` with ``quantize``).
     """
     from cirl.deploy import export as stage
-    from cirl.models.inference import subnormals_as_zero
 
     cfg = stage_config("export", params)
     out = _prepare_output(onnx) / "model.onnx"
-    with subnormals_as_zero(), _tracked("export", cfg, tracking, parent_run_id, onnx, out=out):
+    with _tracked("export", cfg, tracking, parent_run_id, onnx, out=out):
         result = stage.run(
             cfg,
             recipe.scored_checkpoint(model.path),
