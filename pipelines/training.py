@@ -30,6 +30,7 @@ source locally) so a changed image never reuses stale outputs even behind a re-p
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -89,6 +90,35 @@ def stage_params(params_file: Path, profile: "Path | None" = None) -> dict[str, 
     return groups
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the heavy tasks (training, selection, evaluation) run: their CPU and memory
+    requests and NVIDIA GPUs (0: a CPU-only pipeline, no GPU toleration)."""
+
+    cpu: str = "4"
+    memory: str = "16G"
+    gpus: int = 1
+
+    def heavy(self, task):
+        task.set_cpu_request(self.cpu).set_memory_request(self.memory)
+        task.set_memory_limit(self.memory)
+        if self.gpus:
+            task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(self.gpus)
+            kubernetes.add_toleration_json(task, GPU_TOLERATION)
+        return task
+
+
+def common(task, name: str, retries: int = 2, cache: bool = True):
+    """Every task: credentials from the secret, retries with backoff, a readable name."""
+    task.set_display_name(name)
+    kubernetes.use_secret_as_env(task, SECRET, {key: key for key in SECRET_ENV}, optional=True)
+    if retries:
+        task.set_retry(retries, backoff_duration="30s", backoff_factor=2.0)
+    if not cache:
+        task.set_caching_options(False)
+    return task
+
+
 def build_pipeline(
     params: dict[str, dict[str, Any]],
     image: str = components.DEFAULT_IMAGE,
@@ -109,24 +139,7 @@ def build_pipeline(
         gpus: NVIDIA GPUs per heavy task; 0 compiles a CPU-only pipeline (no GPU toleration).
     """
     c = components.build(image)
-
-    def heavy(task):
-        """Training, selection and evaluation: CPU and memory, GPUs, GPU nodes."""
-        task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
-        if gpus:
-            task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
-            kubernetes.add_toleration_json(task, GPU_TOLERATION)
-        return task
-
-    def common(task, name: str, retries: int = 2, cache: bool = True):
-        """Credentials from the secret, retries with backoff, a readable name."""
-        task.set_display_name(name)
-        kubernetes.use_secret_as_env(task, SECRET, {key: key for key in SECRET_ENV}, optional=True)
-        if retries:
-            task.set_retry(retries, backoff_duration="30s", backoff_factor=2.0)
-        if not cache:
-            task.set_caching_options(False)
-        return task
+    place = Placement(cpu, memory, gpus)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -169,69 +182,8 @@ def build_pipeline(
             "prepare tiles",
         )
         data = prep.outputs["dataset"]
-        phase1 = common(
-            heavy(c.train_phase1(dataset=data, params=train_params, **run)),
-            "train phase I",
-        )
-        select = common(
-            heavy(
-                c.select_regions(
-                    dataset=data,
-                    phase1=phase1.outputs["checkpoint"],
-                    params=select_params,
-                    **run,
-                )
-            ),
-            "select ambiguous regions",
-        )
-        phase2 = common(
-            heavy(
-                c.train_phase2(
-                    dataset=data,
-                    phase1=phase1.outputs["checkpoint"],
-                    ambiguity=select.outputs["ambiguity"],
-                    params=train_params,
-                    **run,
-                )
-            ),
-            "train phase II",
-        )
-        evaluate = common(
-            heavy(
-                c.evaluate(
-                    dataset=data,
-                    model=phase2.outputs["checkpoint"],
-                    params=evaluate_params,
-                    run_name="evaluate CIRL",
-                    **run,
-                )
-            ),
-            "evaluate CIRL",
-        )
-        export = common(
-            c.export_onnx(
-                model=phase2.outputs["checkpoint"],
-                dataset=data,
-                evaluation=evaluate.outputs["evaluation"],
-                params=export_params,
-                **run,
-            ),
-            "export ONNX",
-        )
-        # caching off and no retries: a registration has side effects, a retried one could
-        # register the model twice
-        register = common(
-            c.register_model(
-                onnx=export.outputs["onnx"],
-                evaluation=evaluate.outputs["evaluation"],
-                checkpoint=phase2.outputs["checkpoint"],
-                params=register_params,
-                **run,
-            ),
-            "register and promote",
-            retries=0,
-            cache=False,
-        )
+        chain = cirl_chain(c, place, data, run, train_params, select_params, evaluate_params)
+        export, register = deploy(c, data, run, chain, export_params, register_params)
         common(
             c.close_run(
                 tracking=tracking_params,
@@ -242,35 +194,114 @@ def build_pipeline(
             cache=False,
         )
         with dsl.If(with_baseline == True, "baseline"):  # noqa: E712 - a KFP condition
-            baseline = common(
-                heavy(c.train_baseline(dataset=data, params=train_params, **run)),
-                "train BCE baseline",
-            )
-            common(
-                heavy(
-                    c.evaluate(
-                        dataset=data,
-                        model=baseline.outputs["checkpoint"],
-                        params=evaluate_params,
-                        run_name="evaluate baseline",
-                        **run,
-                    ),
-                ),
-                "evaluate baseline",
-            )
+            baseline(c, place, data, run, train_params, evaluate_params)
         return Outputs(
             dataset=data,
-            phase1=phase1.outputs["checkpoint"],
-            ambiguity=select.outputs["ambiguity"],
-            selection_report=select.outputs["report"],
-            phase2=phase2.outputs["checkpoint"],
-            evaluation=evaluate.outputs["evaluation"],
-            report=evaluate.outputs["report"],
+            phase1=chain["phase1"].outputs["checkpoint"],
+            ambiguity=chain["select"].outputs["ambiguity"],
+            selection_report=chain["select"].outputs["report"],
+            phase2=chain["phase2"].outputs["checkpoint"],
+            evaluation=chain["evaluate"].outputs["evaluation"],
+            report=chain["evaluate"].outputs["report"],
             onnx=export.outputs["onnx"],
             registration=register.outputs["registration"],
         )
 
     return training
+
+
+def cirl_chain(c, place: Placement, data, run: dict, train_params, select_params, evaluate_params):
+    """The recipe's tasks (cirl.method.recipe): phase I, select, phase II, evaluate."""
+    phase1 = common(
+        place.heavy(c.train_phase1(dataset=data, params=train_params, **run)),
+        "train phase I",
+    )
+    select = common(
+        place.heavy(
+            c.select_regions(
+                dataset=data,
+                phase1=phase1.outputs["checkpoint"],
+                params=select_params,
+                **run,
+            )
+        ),
+        "select ambiguous regions",
+    )
+    phase2 = common(
+        place.heavy(
+            c.train_phase2(
+                dataset=data,
+                phase1=phase1.outputs["checkpoint"],
+                ambiguity=select.outputs["ambiguity"],
+                params=train_params,
+                **run,
+            )
+        ),
+        "train phase II",
+    )
+    evaluate = common(
+        place.heavy(
+            c.evaluate(
+                dataset=data,
+                model=phase2.outputs["checkpoint"],
+                params=evaluate_params,
+                run_name="evaluate CIRL",
+                **run,
+            )
+        ),
+        "evaluate CIRL",
+    )
+    return {"phase1": phase1, "select": select, "phase2": phase2, "evaluate": evaluate}
+
+
+def deploy(c, data, run: dict, chain: dict, export_params, register_params):
+    """ONNX export of phase II's model and its registration (and promotion)."""
+    phase2, evaluate = chain["phase2"], chain["evaluate"]
+    export = common(
+        c.export_onnx(
+            model=phase2.outputs["checkpoint"],
+            dataset=data,
+            evaluation=evaluate.outputs["evaluation"],
+            params=export_params,
+            **run,
+        ),
+        "export ONNX",
+    )
+    # caching off and no retries: a registration has side effects, a retried one could
+    # register the model twice
+    register = common(
+        c.register_model(
+            onnx=export.outputs["onnx"],
+            evaluation=evaluate.outputs["evaluation"],
+            checkpoint=phase2.outputs["checkpoint"],
+            params=register_params,
+            **run,
+        ),
+        "register and promote",
+        retries=0,
+        cache=False,
+    )
+    return export, register
+
+
+def baseline(c, place: Placement, data, run: dict, train_params, evaluate_params) -> None:
+    """The plain BCE baseline, trained and evaluated beside CIRL."""
+    trained = common(
+        place.heavy(c.train_baseline(dataset=data, params=train_params, **run)),
+        "train BCE baseline",
+    )
+    common(
+        place.heavy(
+            c.evaluate(
+                dataset=data,
+                model=trained.outputs["checkpoint"],
+                params=evaluate_params,
+                run_name="evaluate baseline",
+                **run,
+            ),
+        ),
+        "evaluate baseline",
+    )
 
 
 def compile_pipeline(

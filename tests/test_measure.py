@@ -20,10 +20,10 @@ from cirl.deploy.measure import (
     summarize,
     write_cracks_csv,
 )
-from cirl.deploy.measure import _chain_length as _chain_length  # private: our polyline length
-from cirl.deploy.measure import _graph as _graph  # private: skan's graph of a skeleton
-from cirl.deploy.measure import _path_points as _path_points  # private: a skan path's pixels
-from cirl.deploy.measure import (
+from cirl.deploy.skeleton import _chain_length as _chain_length  # private: our polyline length
+from cirl.deploy.skeleton import _graph as _graph  # private: skan's graph of a skeleton
+from cirl.deploy.skeleton import _path_points as _path_points  # private: a skan path's pixels
+from cirl.deploy.skeleton import (
     _prune_spurs as _prune_spurs,  # private: tested on a hand-made skeleton
 )
 

@@ -219,7 +219,7 @@ def lineage(uri: str, tracking: TrackingConfig | None = None) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
     from cirl.lineage import registry
-    from cirl.lineage.tracking import dvc_data_hash, git_state
+    from cirl.lineage.tracking import dvc_data_hash
 
     tracking = _tracking(tracking)
     client, store = _store(uri, tracking)
@@ -242,23 +242,11 @@ def lineage(uri: str, tracking: TrackingConfig | None = None) -> dict[str, Any]:
         train_config = configs["train_config"] or {}
         chain = _chain(client, register_run, "bce" if train_config.get("loss") == "bce" else "")
         prepare_runs = [r for r in chain["runs"] if r["stage"] == "prepare"]
-        card, card_from = None, None
-        if prepare_runs:
-            card = _json_artifact(
-                client, prepare_runs[0]["run_id"], "outputs/dataset_card.json", folder
-            )
-            card_from = f"run {prepare_runs[0]['run_id']} (outputs/dataset_card.json)"
-    local_card = Path(tags.get("test.data", "")) / "dataset_card.json"
-    if card is None and tags.get("test.data") and local_card.is_file():
-        try:
-            card, card_from = json.loads(local_card.read_text()), str(local_card)
-        except ValueError:
-            card = None
+        card, card_from = _dataset_card(client, prepare_runs, tags, folder)
     evaluation = configs["metrics"] or {}
     aliases = sorted(
         a for a, v in client.get_registered_model(name).aliases.items() if str(v) == number
     )
-    commit, dirty = git_state()
     history = registry.alias_history(name, TrackingConfig(track=True, tracking_uri=store))
     model_config = configs["model_config"]
     if model_config is None and tags.get(Tag.MODEL_CONFIG):
@@ -299,18 +287,7 @@ def lineage(uri: str, tracking: TrackingConfig | None = None) -> dict[str, Any]:
             "dataset_card": card,
             "dataset_card_from": card_from,
         },
-        "code": {
-            "git_commit": tags.get(Tag.GIT_COMMIT),
-            "git_dirty": tags.get(Tag.GIT_DIRTY),
-            "cirl_version": tags.get(Tag.VERSION),
-            "image_digest": tags.get(Tag.IMAGE_DIGEST),
-            "kfp_run_id": tags.get(Tag.KFP_RUN_ID),
-            "commits_in_chain": sorted(
-                {r["tags"][Tag.GIT_COMMIT] for r in chain["runs"] if r["tags"].get(Tag.GIT_COMMIT)}
-            ),
-            "git_commit_here": commit,
-            "git_dirty_here": dirty,
-        },
+        "code": _code_entry(tags, chain),
         "environment": {
             "python": tags.get(Tag.PYTHON),
             "torch": tags.get(Tag.TORCH),
@@ -323,28 +300,72 @@ def lineage(uri: str, tracking: TrackingConfig | None = None) -> dict[str, Any]:
             "protocol": evaluation.get("protocol"),
         },
         "chain": chain,
-        "alias_history": [
-            {
-                "moved_at": m.moved_at.isoformat(),
-                "alias": m.alias,
-                "version": m.version,
-                "previous": m.previous,
-                "reason": m.reason,
-                "f1": m.f1,
-                "champion_f1": m.champion_f1,
-            }
-            for m in history
-        ],
-        "audit": {
-            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "tracking_uri": store,
-            "cirl_version": __version__,
-            "python": platform.python_version(),
-            "torch": package_version("torch"),
-            "onnxruntime": package_version("onnxruntime"),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "cpu_threads": _threads(),
-        },
+        "alias_history": [_alias_move(m) for m in history],
+        "audit": _reader(store),
+    }
+
+
+def _dataset_card(
+    client: Any, prepare_runs: list[dict], tags: dict, folder: Path
+) -> tuple[dict | None, str | None]:
+    """The dataset card: the prepare run's artifact, else the recorded folder's own file."""
+    card, card_from = None, None
+    if prepare_runs:
+        card = _json_artifact(
+            client, prepare_runs[0]["run_id"], "outputs/dataset_card.json", folder
+        )
+        card_from = f"run {prepare_runs[0]['run_id']} (outputs/dataset_card.json)"
+    local_card = Path(tags.get("test.data", "")) / "dataset_card.json"
+    if card is None and tags.get("test.data") and local_card.is_file():
+        try:
+            card, card_from = json.loads(local_card.read_text()), str(local_card)
+        except ValueError:
+            card = None
+    return card, card_from
+
+
+def _code_entry(tags: dict, chain: dict) -> dict[str, Any]:
+    """The recorded code (commit, state, version, image, KFP run) and this checkout's."""
+    from cirl.lineage.tracking import git_state
+
+    commit, dirty = git_state()
+    return {
+        "git_commit": tags.get(Tag.GIT_COMMIT),
+        "git_dirty": tags.get(Tag.GIT_DIRTY),
+        "cirl_version": tags.get(Tag.VERSION),
+        "image_digest": tags.get(Tag.IMAGE_DIGEST),
+        "kfp_run_id": tags.get(Tag.KFP_RUN_ID),
+        "commits_in_chain": sorted(
+            {r["tags"][Tag.GIT_COMMIT] for r in chain["runs"] if r["tags"].get(Tag.GIT_COMMIT)}
+        ),
+        "git_commit_here": commit,
+        "git_dirty_here": dirty,
+    }
+
+
+def _alias_move(m: Any) -> dict[str, Any]:
+    return {
+        "moved_at": m.moved_at.isoformat(),
+        "alias": m.alias,
+        "version": m.version,
+        "previous": m.previous,
+        "reason": m.reason,
+        "f1": m.f1,
+        "champion_f1": m.champion_f1,
+    }
+
+
+def _reader(store: str) -> dict[str, Any]:
+    """When, where from and with what the audit read the records."""
+    return {
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "tracking_uri": store,
+        "cirl_version": __version__,
+        "python": platform.python_version(),
+        "torch": package_version("torch"),
+        "onnxruntime": package_version("onnxruntime"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_threads": _threads(),
     }
 
 

@@ -128,7 +128,7 @@ def verify(
         CirlError: when the data cannot be found (with how to fetch it) or the store fails.
     """
     from cirl.method import evaluate
-    from cirl.models.checkpoint import file_sha256, load_checkpoint
+    from cirl.models.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
     tracking = _tracking(tracking)
@@ -145,7 +145,6 @@ def verify(
         f"manifest SHA-256 and {result.files_checked} tile files of {folder} against the manifest"
     )
     result.differences += _chain_differences(record)
-    recorded_sha = record["model"].get("checkpoint_sha256")
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         weights = _registered_weights(record, tracking, scratch)
@@ -161,39 +160,7 @@ def verify(
             result.seconds = time.perf_counter() - t0
             return result
         payload = load_checkpoint(weights)
-        if record["model"].get("model_config") not in (None, payload["model_config"]):
-            result.differences.append(
-                Difference(
-                    "model",
-                    "model config of checkpoint/model_state.pt",
-                    json.dumps(record["model"]["model_config"], sort_keys=True),
-                    json.dumps(payload["model_config"], sort_keys=True),
-                )
-            )
-        original = record["model"].get("checkpoint")
-        if original and Path(original).is_file():
-            sha = file_sha256(original)
-            if sha != recorded_sha:
-                result.differences.append(Difference("model", original, str(recorded_sha), sha))
-            else:
-                differ, largest = _tensors_differ(
-                    load_checkpoint(original)["model"], payload["model"]
-                )
-                if differ:
-                    result.differences.append(
-                        Difference(
-                            "model",
-                            f"tensors {', '.join(differ[:5])} of checkpoint/model_state.pt",
-                            f"equal to {original}",
-                            f"max |diff| {largest:.3g}",
-                        )
-                    )
-            result.checks.append(f"the original checkpoint {original}: SHA-256 and tensors")
-        else:
-            result.notes.append(
-                f"the original checkpoint {original or '(path not recorded)'} is not here: the "
-                "registered weights are checked through the scores they give"
-            )
+        _check_weights(record, payload, result)
         split = record["data"].get("split") or "test"
         onnx = None
         if cfg.onnx:
@@ -223,3 +190,43 @@ def verify(
             )
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _check_weights(record: dict, payload: dict, result: VerifyResult) -> None:
+    """The registered weights against the recorded model config and, where the original
+    checkpoint file is still here, against its hash and tensors."""
+    from cirl.hashing import file_sha256
+    from cirl.models.checkpoint import load_checkpoint
+
+    recorded_sha = record["model"].get("checkpoint_sha256")
+    if record["model"].get("model_config") not in (None, payload["model_config"]):
+        result.differences.append(
+            Difference(
+                "model",
+                "model config of checkpoint/model_state.pt",
+                json.dumps(record["model"]["model_config"], sort_keys=True),
+                json.dumps(payload["model_config"], sort_keys=True),
+            )
+        )
+    original = record["model"].get("checkpoint")
+    if not (original and Path(original).is_file()):
+        result.notes.append(
+            f"the original checkpoint {original or '(path not recorded)'} is not here: the "
+            "registered weights are checked through the scores they give"
+        )
+        return
+    sha = file_sha256(original)
+    if sha != recorded_sha:
+        result.differences.append(Difference("model", original, str(recorded_sha), sha))
+    else:
+        differ, largest = _tensors_differ(load_checkpoint(original)["model"], payload["model"])
+        if differ:
+            result.differences.append(
+                Difference(
+                    "model",
+                    f"tensors {', '.join(differ[:5])} of checkpoint/model_state.pt",
+                    f"equal to {original}",
+                    f"max |diff| {largest:.3g}",
+                )
+            )
+    result.checks.append(f"the original checkpoint {original}: SHA-256 and tensors")

@@ -26,6 +26,9 @@ format, int8 weights per output channel and uint8 activations, their ranges cali
 ``calibration_tiles`` real training tiles of the prepared folder (not random data), the graph
 first optimised by ``quant_pre_process``. ``quantize: dynamic`` is the older dynamic
 quantization (activations quantized at run time; measured slower than fp32 on CPUs here).
+
+Modules: :mod:`~cirl.deploy.export_config` (parameters, result, metadata),
+:mod:`~cirl.deploy.quantize` (the int8 copy and the accuracy gate).
 """
 
 from __future__ import annotations
@@ -33,9 +36,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -44,78 +45,11 @@ from torch import nn
 from cirl import __version__
 from cirl.config import to_dict
 from cirl.deploy.engine import int8_path
+from cirl.deploy.export_config import CALIBRATION_KEYS, ExportConfig, ExportResult, _set_metadata
 from cirl.deploy.gate import GATE_KEY
+from cirl.deploy.quantize import _gate, _gate_data, _quantize
 from cirl.errors import CirlError
 from cirl.staging import staged_file
-
-CALIBRATION_KEYS = ("decision_threshold", "threshold_calibration")
-"""The metadata of the calibrated decision threshold (``cirl export --evaluation``)."""
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """Parameters of the export (``params.yaml`` group ``export``).
-
-    Attributes:
-        opset: ONNX opset version.
-        export_size: side of the example input used to capture the graph.
-        check_height: height of the parity inputs (not the export size).
-        check_width: width of the parity inputs.
-        check_batch: batch of the parity inputs (not 1, to exercise the dynamic batch).
-        tolerance: largest allowed |onnxruntime - PyTorch| on probabilities.
-        quantize: ``none``, ``static`` (an int8 copy calibrated on training tiles) or
-            ``dynamic`` (an int8 copy quantized at run time).
-        split: split of the prepared folder the accuracy gate scores (``val``: the test split
-            stays for the model's report).
-        gate: run the accuracy gate when a prepared folder is known.
-        gate_tolerance: largest allowed |engine - fp32| of F1, ODS and AP for an engine to pass.
-        calibration_tiles: training tiles that calibrate the static int8 copy.
-    """
-
-    opset: int = 18
-    export_size: int = 256
-    check_height: int = 320
-    check_width: int = 448
-    check_batch: int = 2
-    tolerance: float = 1e-4
-    quantize: Literal["none", "static", "dynamic"] = "none"
-    split: Literal["train", "val", "test"] = "val"
-    gate: bool = True
-    gate_tolerance: float = 0.005
-    calibration_tiles: int = 32
-
-    def __post_init__(self) -> None:
-        if not 17 <= self.opset <= 23:
-            raise ValueError(f"key 'opset' must be in 17..23, got {self.opset}")
-        for key in ("export_size", "check_height", "check_width", "check_batch"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"key {key!r} must be >= 1, got {getattr(self, key)}")
-        if self.tolerance <= 0:
-            raise ValueError(f"key 'tolerance' must be > 0, got {self.tolerance}")
-        if self.quantize not in ("none", "static", "dynamic"):
-            raise ValueError(
-                f"key 'quantize' must be none, static or dynamic, got {self.quantize!r}"
-                + (
-                    " (int8 is now 'dynamic'; 'static' is faster)"
-                    if self.quantize == "int8"
-                    else ""
-                )
-            )
-        if not 0 < self.gate_tolerance < 1:
-            raise ValueError(f"key 'gate_tolerance' must be in (0, 1), got {self.gate_tolerance}")
-        if self.calibration_tiles < 1:
-            raise ValueError(f"key 'calibration_tiles' must be >= 1, got {self.calibration_tiles}")
-        if self.split not in ("train", "val", "test"):
-            raise ValueError(f"key 'split' must be train, val or test, got {self.split!r}")
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """What the export wrote and measured."""
-
-    out: Path
-    parity_max_abs_diff: float
-    report: dict
 
 
 class ProbabilityModel(nn.Module):
@@ -324,42 +258,6 @@ def run(
     return ExportResult(out, diff, report)
 
 
-def _gate_data(
-    data: str | os.PathLike | None, provenance: dict, cfg: ExportConfig, report: dict
-) -> Path | None:
-    """The prepared folder of the gate and the calibration: ``--data``, else the checkpoint's."""
-    from cirl.hashing import file_sha256
-
-    recorded = provenance.get("data")
-    if data is not None:
-        data = Path(data)
-        if not (data / "manifest.csv").is_file():
-            raise CirlError(
-                f"--data {data}: no manifest.csv; pass a folder written by `cirl prepare`"
-            )
-        if recorded and provenance.get("manifest_sha256") not in (
-            None,
-            file_sha256(data / "manifest.csv"),
-        ):
-            report["gate_data_note"] = (
-                f"--data {data} is not the dataset the model was trained on ({recorded}); the "
-                "gate scores it anyway"
-            )
-        return data
-    if not (cfg.gate or cfg.quantize == "static") or not recorded:
-        return None
-    folder = Path(recorded)
-    manifest = folder / "manifest.csv"
-    if manifest.is_file() and file_sha256(manifest) == provenance.get("manifest_sha256"):
-        report["gate_data"] = f"the training data recorded in the checkpoint: {folder}"
-        return folder
-    report["gate_data"] = (
-        f"the training data recorded in the checkpoint ({folder}) is not here or has changed; "
-        "pass --data PREPARED to run the accuracy gate"
-    )
-    return None
-
-
 def read_threshold_calibration(
     evaluation: str | os.PathLike, checkpoint_sha256: str
 ) -> dict | None:
@@ -411,141 +309,5 @@ def read_threshold_calibration(
     }
 
 
-def _set_metadata(path: Path, values: dict[str, str]) -> None:
-    """Add or replace ``metadata_props`` entries of an ONNX file in place."""
-    import onnx
-
-    proto = onnx.load(str(path))
-    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in values]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *values.items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-
-
-def _gate(model: Path, cfg: ExportConfig, data: Path | None, int8: Path | None, report: dict):
-    """Run the accuracy gate if asked and possible; record it in the report."""
-    from cirl.deploy.gate import run_gate
-
-    if not cfg.gate:
-        report["accuracy_gate"] = {"skipped": "gate: false"}
-        return None
-    if data is None:
-        report["accuracy_gate"] = {
-            "skipped": "no prepared folder: pass --data PREPARED (the folder the model was "
-            "trained on) so faster engines can be used by `cirl predict`"
-        }
-        return None
-    t0 = time.perf_counter()
-    gate = run_gate(model, data, cfg.split, cfg.gate_tolerance, int8)
-    gate["seconds"] = time.perf_counter() - t0
-    report["accuracy_gate"] = gate
-    return gate
-
-
-def _calibration_reader(data: Path, count: int, stride: int):
-    """Feeds ``count`` training tiles, evenly spaced over the sorted split, to the calibrator.
-
-    Tiles larger than 1024 px a side are centre-cropped to 1024 (ranges, not layout, matter).
-    """
-    from onnxruntime.quantization import CalibrationDataReader
-
-    from cirl.data.tiles import TileDataset
-
-    dataset = TileDataset(data, "train")
-    if len(dataset) == 0:
-        raise CirlError(
-            f"{data}: no training tiles to calibrate the static int8 model on; pass the "
-            "prepared folder the model was trained on as --data"
-        )
-    picks = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round())
-
-    class Tiles(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(picks.astype(int).tolist())
-
-        def get_next(self):
-            index = next(self.items, None)
-            if index is None:
-                return None
-            image = dataset[index]["image"].numpy()
-            h, w = (min(side, 1024) // stride * stride for side in image.shape[-2:])
-            top, left = (image.shape[-2] - h) // 2, (image.shape[-1] - w) // 2
-            return {"image": np.ascontiguousarray(image[None, :, top : top + h, left : left + w])}
-
-    return Tiles(), len(picks)
-
-
-def _quantize(fp32: Path, target: Path, cfg: ExportConfig, data: Path | None) -> dict:
-    """Write the int8 copy of ``fp32`` to ``target`` (static or dynamic) and describe it."""
-    import logging
-    import warnings
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from cirl.deploy.engine import read_metadata
-
-    stride = int(read_metadata(fp32)["stride"])
-    t0 = time.perf_counter()
-    if cfg.quantize == "static":
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        if data is None:
-            raise CirlError(
-                "--quantize static calibrates on training tiles: pass --data PREPARED (the "
-                "folder the model was trained on), or use --quantize dynamic"
-            )
-        reader, tiles = _calibration_reader(data, cfg.calibration_tiles, stride)
-        pre = target.with_name(target.name + ".pre.onnx")
-        level = logging.getLogger().level
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                logging.getLogger().setLevel(logging.ERROR)  # quantizer's per-bias chatter
-                # symbolic shape inference cannot follow the dynamic height and width; ONNX's
-                # own shape inference and the graph optimisation still run
-                quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-                quantize_static(
-                    str(pre),
-                    str(target),
-                    reader,
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                )
-        finally:
-            logging.getLogger().setLevel(level)
-            pre.unlink(missing_ok=True)
-        method = {
-            "method": "static",
-            "tool": "onnxruntime.quantization.quantize_static, QDQ",
-            "weights": "int8, per output channel",
-            "activations": "uint8, ranges by MinMax calibration",
-            "calibration": {"data": str(data), "split": "train", "tiles": tiles},
-        }
-    else:
-        quantize_dynamic(
-            str(fp32),
-            str(target),
-            weight_type=QuantType.QUInt8,
-            op_types_to_quantize=["Conv", "ConvTranspose", "MatMul"],
-        )
-        method = {
-            "method": "dynamic",
-            "tool": "onnxruntime.quantization.quantize_dynamic",
-            "weights": "uint8",
-            "activations": "uint8, quantized at run time",
-        }
-    fp32_meta = read_metadata(fp32)
-    carried = {k: v for k, v in fp32_meta.items() if k != GATE_KEY}
-    _set_metadata(target, {**carried, "quantization": json.dumps(method, sort_keys=True)})
-    return {
-        **method,
-        "seconds": time.perf_counter() - t0,
-        "bytes": target.stat().st_size,
-        "fp32_bytes": fp32.stat().st_size,
-    }
+# what this module held before it was split, for callers that import it from here
+from cirl.deploy.quantize import _calibration_reader  # noqa: E402, F401
