@@ -37,6 +37,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -186,36 +187,8 @@ def run(
         report["export_seconds"] = time.perf_counter() - t0
         proto = onnx.load(str(tmp))
         _rename_dims(proto)
-        meta = {
-            "cirl_version": __version__,
-            "opset": str(cfg.opset),
-            "stride": str(stride),
-            "input": "image: float32 (batch, 3, height, width) RGB in [0, 1]; height and width "
-            f"multiples of {stride}",
-            "output": "prob: float32 (batch, 1, height, width) crack probability (sigmoid "
-            "included); crack where prob >= decision_threshold (0.5, the paper's protocol, "
-            "when the model records no calibration)",
-            "model_config": json.dumps(model.config, sort_keys=True),
-            "train_config": json.dumps(payload.get("config"), sort_keys=True),
-            "provenance": json.dumps(payload.get("provenance"), sort_keys=True),
-            "checkpoint_sha256": report["checkpoint_sha256"],
-            "checkpoint_epoch": str(int(payload.get("epoch", -1)) + 1),
-            "std_head": "removed",
-        }
-        if calibration is not None:
-            meta["decision_threshold"] = f"{calibration['threshold']:g}"
-            meta["threshold_calibration"] = json.dumps(calibration, sort_keys=True)
-        del proto.metadata_props[:]
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        proto.producer_name = "cirl"
-        proto.producer_version = __version__
-        try:
-            onnx.checker.check_model(proto, full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise CirlError(f"exported model fails onnx.checker: {exc}") from None
-        onnx.save(proto, str(tmp))
+        meta = _metadata(cfg, model, payload, stride, report, calibration)
+        _write_checked(proto, meta, tmp)
         diff = parity(tmp, wrapper, cfg, stride)
         report["parity"] = {
             "max_abs_diff": diff,
@@ -237,25 +210,77 @@ def run(
         onnx.save(proto, str(tmp))
         report["opset"] = cfg.opset
         report["stride"] = stride
-        if cfg.quantize != "none":
-            with staged_file(int8_path(out), keep_suffix=True) as tmp8:
-                report["int8"] = _quantize(tmp, tmp8, cfg, data)
-                report["int8"]["model"] = str(int8_path(out))
-                if calibration is not None:  # the int8 copy decides at the same threshold
-                    _set_metadata(tmp8, {k: meta[k] for k in CALIBRATION_KEYS})
-                gate = _gate(tmp, cfg, data, tmp8, report)
-                if gate is not None:
-                    own = {**gate, "engines": {"onnx-int8": gate["engines"]["onnx-int8"]}}
-                    _set_metadata(tmp8, {GATE_KEY: json.dumps(own, sort_keys=True)})
-                    gate["engines"]["onnx-int8"]["file_sha256"] = file_sha256(tmp8)
-                    _set_metadata(tmp, {GATE_KEY: json.dumps(gate, sort_keys=True)})
-        else:
-            gate = _gate(tmp, cfg, data, None, report)
-            if gate is not None:
-                _set_metadata(tmp, {GATE_KEY: json.dumps(gate, sort_keys=True)})
+        _faster_engines(tmp, out, cfg, data, meta, calibration, report)
     with staged_file(out.with_name(out.name + ".json")) as tmp_report:
         tmp_report.write_text(json.dumps(report, indent=2) + "\n")
     return ExportResult(out, diff, report)
+
+
+def _metadata(
+    cfg: ExportConfig, model: Any, payload: dict, stride: int, report: dict, calibration: Any
+) -> dict[str, str]:
+    """The model's metadata: its contract, configs, provenance, checkpoint and threshold."""
+    meta = {
+        "cirl_version": __version__,
+        "opset": str(cfg.opset),
+        "stride": str(stride),
+        "input": "image: float32 (batch, 3, height, width) RGB in [0, 1]; height and width "
+        f"multiples of {stride}",
+        "output": "prob: float32 (batch, 1, height, width) crack probability (sigmoid "
+        "included); crack where prob >= decision_threshold (0.5, the paper's protocol, "
+        "when the model records no calibration)",
+        "model_config": json.dumps(model.config, sort_keys=True),
+        "train_config": json.dumps(payload.get("config"), sort_keys=True),
+        "provenance": json.dumps(payload.get("provenance"), sort_keys=True),
+        "checkpoint_sha256": report["checkpoint_sha256"],
+        "checkpoint_epoch": str(int(payload.get("epoch", -1)) + 1),
+        "std_head": "removed",
+    }
+    if calibration is not None:
+        meta["decision_threshold"] = f"{calibration['threshold']:g}"
+        meta["threshold_calibration"] = json.dumps(calibration, sort_keys=True)
+    return meta
+
+
+def _write_checked(proto: Any, meta: dict[str, str], path: Path) -> None:
+    """``proto`` with exactly ``meta`` as its metadata, checked by onnx.checker, to ``path``."""
+    import onnx
+
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "cirl"
+    proto.producer_version = __version__
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise CirlError(f"exported model fails onnx.checker: {exc}") from None
+    onnx.save(proto, str(path))
+
+
+def _faster_engines(
+    tmp: Path, out: Path, cfg: ExportConfig, data: Any, meta: dict, calibration: Any, report: dict
+) -> None:
+    """The int8 copy (``quantize``) and the accuracy gate's verdicts, in the models' metadata."""
+    from cirl.hashing import file_sha256
+
+    if cfg.quantize == "none":
+        gate = _gate(tmp, cfg, data, None, report)
+        if gate is not None:
+            _set_metadata(tmp, {GATE_KEY: json.dumps(gate, sort_keys=True)})
+        return
+    with staged_file(int8_path(out), keep_suffix=True) as tmp8:
+        report["int8"] = _quantize(tmp, tmp8, cfg, data)
+        report["int8"]["model"] = str(int8_path(out))
+        if calibration is not None:  # the int8 copy decides at the same threshold
+            _set_metadata(tmp8, {k: meta[k] for k in CALIBRATION_KEYS})
+        gate = _gate(tmp, cfg, data, tmp8, report)
+        if gate is not None:
+            own = {**gate, "engines": {"onnx-int8": gate["engines"]["onnx-int8"]}}
+            _set_metadata(tmp8, {GATE_KEY: json.dumps(own, sort_keys=True)})
+            gate["engines"]["onnx-int8"]["file_sha256"] = file_sha256(tmp8)
+            _set_metadata(tmp, {GATE_KEY: json.dumps(gate, sort_keys=True)})
 
 
 def read_threshold_calibration(

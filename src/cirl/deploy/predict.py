@@ -45,6 +45,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -126,7 +127,7 @@ def predict_one(
     path: Path, name: str, engine, cfg: PredictConfig, out: Path, photo: _Photo | None = None
 ) -> dict:
     """Process one photo and write its five outputs (the report last); returns its report."""
-    from cirl.deploy.measure import measure_cracks, summarize, write_cracks_csv
+    from cirl.deploy.measure import summarize
 
     t0 = time.perf_counter()
     image_bgr, notes = read_image_with_notes(path)
@@ -136,38 +137,15 @@ def predict_one(
     prob8, mask, stats = sliding_window(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB), engine, cfg)
     t_predict = time.perf_counter() - t0
     t0 = time.perf_counter()
-    too_wide: list[dict] = []
-    cracks = measure_cracks(
-        mask,
-        min_pixels=cfg.min_crack_pixels,
-        max_width_px=cfg.max_crack_width,
-        too_wide=too_wide,
-    )
+    cracks, too_wide = _measure(path, mask, cfg)
     t_measure = time.perf_counter() - t0
     region_pixels = int(sum(r["pixels"] for r in too_wide))
-    if too_wide:
-        log.warning(
-            "%s: %d region(s) wider than %g px (%.1f%% of the photo) are not cracks and were "
-            "not measured; if the model marks large areas, check that it was trained on photos "
-            "like these (raise --max-crack-width for very close-up photos)",
-            path,
-            len(too_wide),
-            cfg.max_crack_width,
-            100.0 * region_pixels / mask.size,
-        )
     mm = cfg.mm_per_pixel or None
     t0 = time.perf_counter()
     # an earlier run's report goes first: until the new one is written last, this photo has
     # no report, so a failure half-way never leaves new outputs under an old report
     (out / f"{name}.json").unlink(missing_ok=True)
-    _write_bytes(out / f"{name}_mask.png", _encode(".png", mask.view(np.uint8) * np.uint8(255)))
-    _write_bytes(out / f"{name}_prob.png", _encode(".png", prob8))
-    overlay = render_overlay(image_bgr, mask, cfg.overlay_alpha)
-    _write_bytes(
-        out / f"{name}_overlay.jpg", _encode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    )
-    with staged_file(out / f"{name}_cracks.csv") as tmp:
-        write_cracks_csv(tmp, cracks, mm)
+    _write_outputs(out, name, image_bgr, prob8, mask, cracks, cfg)
     t_write = time.perf_counter() - t0
     report = {
         "image": photo.source if photo is not None else str(path),
@@ -209,6 +187,52 @@ def predict_one(
     }
     _write_bytes(out / f"{name}.json", (json.dumps(report, indent=2) + "\n").encode())
     return report
+
+
+def _measure(path: Path, mask: np.ndarray, cfg: PredictConfig) -> tuple[list, list[dict]]:
+    """The mask's cracks, and its regions too wide to be one (said in a warning)."""
+    from cirl.deploy.measure import measure_cracks
+
+    too_wide: list[dict] = []
+    cracks = measure_cracks(
+        mask,
+        min_pixels=cfg.min_crack_pixels,
+        max_width_px=cfg.max_crack_width,
+        too_wide=too_wide,
+    )
+    if too_wide:
+        log.warning(
+            "%s: %d region(s) wider than %g px (%.1f%% of the photo) are not cracks and were "
+            "not measured; if the model marks large areas, check that it was trained on photos "
+            "like these (raise --max-crack-width for very close-up photos)",
+            path,
+            len(too_wide),
+            cfg.max_crack_width,
+            100.0 * sum(r["pixels"] for r in too_wide) / mask.size,
+        )
+    return cracks, too_wide
+
+
+def _write_outputs(
+    out: Path,
+    name: str,
+    image_bgr: np.ndarray,
+    prob8: np.ndarray,
+    mask: np.ndarray,
+    cracks: list,
+    cfg: PredictConfig,
+) -> None:
+    """The photo's mask, probabilities, overlay and crack table (each written atomically)."""
+    from cirl.deploy.measure import write_cracks_csv
+
+    _write_bytes(out / f"{name}_mask.png", _encode(".png", mask.view(np.uint8) * np.uint8(255)))
+    _write_bytes(out / f"{name}_prob.png", _encode(".png", prob8))
+    overlay = render_overlay(image_bgr, mask, cfg.overlay_alpha)
+    _write_bytes(
+        out / f"{name}_overlay.jpg", _encode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    )
+    with staged_file(out / f"{name}_cracks.csv") as tmp:
+        write_cracks_csv(tmp, cracks, cfg.mm_per_pixel or None)
 
 
 def _warm_measure() -> None:
@@ -270,11 +294,66 @@ def run(
             cannot be read is not an error here, it is listed in ``failed``.
     """
     import tempfile
+
+    photos, listing = _inputs(inputs)
+    engine = _open_engine(cfg, model, tracking_uri)
+    choice = engine.description.get("choice")
+    threshold = decision_threshold(cfg, engine.description)
+    cfg = replace(cfg, threshold=threshold["value"])
+    log.info("threshold: %g (%s)", threshold["value"], threshold["source"])
+    out = Path(out)
+    writable_dir(out)
+    result = PredictResult(out, engine=engine.name, engine_choice=choice)
+    done_before: dict[str, dict] = {}
+    if cfg.resume:
+        for photo in photos:
+            report = _finished(out, photo, engine, cfg)
+            if report is not None:
+                done_before[photo.name] = report
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(photos), desc="predict", unit="photo", initial=len(done_before))
+
+    def record(stopped: str | None = None) -> None:
+        summary = {
+            "model": engine.description,
+            "engine": engine.name,
+            "engine_choice": choice,
+            "threshold": threshold,
+            "params": to_dict(cfg),
+            "done": result.done,
+            "skipped": result.skipped,
+            "failed": result.failed,
+            **({"stopped": stopped} if stopped else {}),
+        }
+        _write_bytes(out / "predictions.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+    rows: list[dict] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="cirl-predict-") as folder:
+            fetched = _prefetched(photos, listing, Path(folder), set(done_before))
+            _predict_photos(fetched, done_before, engine, cfg, out, result, rows, bar)
+    except CirlError as stop:  # the run stopped (outputs refused, endpoint gone): say so there
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            record(str(stop))
+        raise
+    if bar is not None:
+        bar.close()
+    _write_summary(out, rows)
+    record()
+    return result
+
+
+def _open_engine(cfg: PredictConfig, model: Any, tracking_uri: str | None) -> Any:
+    """The model opened with the configured engine, the tile checked against its stride."""
     import threading
 
     from cirl.deploy.opener import load_engine
 
-    photos, listing = _inputs(inputs)
     engine = load_engine(
         model,
         cfg.engine,
@@ -302,88 +381,57 @@ def run(
             f"tile {cfg.tile} is not a multiple of the model's stride {engine.stride}; "
             f"use --tile {max(cfg.tile // engine.stride, 1) * engine.stride}"
         )
-    threshold = decision_threshold(cfg, engine.description)
-    cfg = replace(cfg, threshold=threshold["value"])
-    log.info("threshold: %g (%s)", threshold["value"], threshold["source"])
-    out = Path(out)
-    writable_dir(out)
-    result = PredictResult(out, engine=engine.name, engine_choice=choice)
-    rows: list[dict] = []
-    done_before: dict[str, dict] = {}
-    if cfg.resume:
-        for photo in photos:
-            report = _finished(out, photo, engine, cfg)
-            if report is not None:
-                done_before[photo.name] = report
-    bar = None
+    return engine
+
+
+def _predict_photos(
+    fetched: Any,
+    done_before: dict[str, dict],
+    engine: Any,
+    cfg: PredictConfig,
+    out: Path,
+    result: PredictResult,
+    rows: list[dict],
+    bar: Any,
+) -> None:
+    """Each photo in turn (those done before skipped); the summary rewritten after each. A
+    photo that cannot be read is listed as failed; several in a row at an endpoint stop it."""
     endpoint_failures = 0
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(photos), desc="predict", unit="photo", initial=len(done_before))
-
-    def record(stopped: str | None = None) -> None:
-        summary = {
-            "model": engine.description,
-            "engine": engine.name,
-            "engine_choice": choice,
-            "threshold": threshold,
-            "params": to_dict(cfg),
-            "done": result.done,
-            "skipped": result.skipped,
-            "failed": result.failed,
-            **({"stopped": stopped} if stopped else {}),
-        }
-        _write_bytes(out / "predictions.json", (json.dumps(summary, indent=2) + "\n").encode())
-
-    try:
-        with tempfile.TemporaryDirectory(prefix="cirl-predict-") as folder:
-            for photo, local in _prefetched(photos, listing, Path(folder), set(done_before)):
-                if photo.name in done_before:
-                    result.skipped.append(photo.source)
-                    rows.append(_summary_row(photo, "skipped", done_before[photo.name]))
-                    continue
-                try:
-                    if isinstance(local, CirlError):
-                        raise local
-                    report = predict_one(local, photo.name, engine, cfg, out, photo)
-                    endpoint_failures = 0
-                    result.done.append(photo.source)
-                    rows.append(_summary_row(photo, "done", report))
-                except OSError as exc:  # the output refused (full disk, read-only): stop here
-                    _abandon(out, photo, rows, result, exc)
-                except CirlError as exc:
-                    # a downloaded photo is named by its s3:// URI, not the temporary copy's path
-                    reason = str(exc)
-                    if photo.remote is not None and isinstance(local, Path):
-                        reason = reason.replace(str(local), photo.source)
-                    log.warning("skipped %s", reason)
-                    result.failed.append({"image": photo.source, "reason": reason})
-                    rows.append(_summary_row(photo, "failed", None, reason))
-                    at_endpoint = isinstance(exc, EndpointError)
-                    endpoint_failures = endpoint_failures + 1 if at_endpoint else 0
-                    if endpoint_failures >= MAX_ENDPOINT_FAILURES:
-                        _write_summary(out, rows)
-                        raise CirlError(
-                            f"gave up after {endpoint_failures} photos in a row could not be "
-                            f"fetched: {reason}. {len(result.done)} photo(s) done have complete "
-                            f"outputs in {out}; run the same command again to go on"
-                        ) from None
+    for photo, local in fetched:
+        if photo.name in done_before:
+            result.skipped.append(photo.source)
+            rows.append(_summary_row(photo, "skipped", done_before[photo.name]))
+            continue
+        try:
+            if isinstance(local, CirlError):
+                raise local
+            report = predict_one(local, photo.name, engine, cfg, out, photo)
+            endpoint_failures = 0
+            result.done.append(photo.source)
+            rows.append(_summary_row(photo, "done", report))
+        except OSError as exc:  # the output refused (full disk, read-only): stop here
+            _abandon(out, photo, rows, result, exc)
+        except CirlError as exc:
+            # a downloaded photo is named by its s3:// URI, not the temporary copy's path
+            reason = str(exc)
+            if photo.remote is not None and isinstance(local, Path):
+                reason = reason.replace(str(local), photo.source)
+            log.warning("skipped %s", reason)
+            result.failed.append({"image": photo.source, "reason": reason})
+            rows.append(_summary_row(photo, "failed", None, reason))
+            at_endpoint = isinstance(exc, EndpointError)
+            endpoint_failures = endpoint_failures + 1 if at_endpoint else 0
+            if endpoint_failures >= MAX_ENDPOINT_FAILURES:
                 _write_summary(out, rows)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(engine=engine.name, failed=len(result.failed), refresh=False)
-    except CirlError as stop:  # the run stopped (outputs refused, endpoint gone): say so there
-        import contextlib
-
-        with contextlib.suppress(OSError):
-            record(str(stop))
-        raise
-    if bar is not None:
-        bar.close()
-    _write_summary(out, rows)
-    record()
-    return result
+                raise CirlError(
+                    f"gave up after {endpoint_failures} photos in a row could not be "
+                    f"fetched: {reason}. {len(result.done)} photo(s) done have complete "
+                    f"outputs in {out}; run the same command again to go on"
+                ) from None
+        _write_summary(out, rows)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(engine=engine.name, failed=len(result.failed), refresh=False)
 
 
 # what this module held before it was split, for callers that import it from here

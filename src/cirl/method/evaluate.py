@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -110,10 +110,9 @@ def run(
     """
     from cirl.data.tiles import TileDataset
     from cirl.method.metrics import SegmentationMetrics
-    from cirl.method.report import render_overlay, select_overlay_names, write_report_into
+    from cirl.method.report import write_report_into
     from cirl.models.checkpoint import build_from_checkpoint, file_sha256, load_checkpoint
     from cirl.models.device import resolve_device
-    from cirl.models.inference import predict_prob
 
     data, checkpoint = Path(data), Path(checkpoint)
     payload = load_checkpoint(checkpoint)
@@ -131,11 +130,6 @@ def run(
         else None
     )
 
-    def predict(index: int) -> tuple[dict, np.ndarray]:
-        item = dataset[index]
-        prob = predict_prob(model, item["image"][None].to(device))[0, 0].cpu().numpy()
-        return item, prob
-
     by_name: dict[str, int] = {}
     for index, item, prob in _probabilities(
         model, device, dataset, progress, f"evaluate {cfg.split}"
@@ -149,19 +143,7 @@ def run(
             on_tile(item, prob)
         if tolerant is not None:
             tolerant.add(name, prob, truth, valid)
-
-    overlays = {}
-    for stem, name in select_overlay_names(metrics.per_image(), cfg.overlays).items():
-        item, prob = predict(by_name[name])
-        rgb = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        overlays[stem] = render_overlay(
-            np.ascontiguousarray(rgb[:, :, ::-1]),
-            prob,
-            item["mask"][0].numpy() > 0.5,
-            item["valid"][0].numpy() > 0.5,
-            cfg.threshold,
-        )
-
+    overlays = _overlays(cfg, model, device, dataset, metrics, by_name)
     manifest = data / "manifest.csv"
     extra = {
         "split": cfg.split,
@@ -186,6 +168,28 @@ def run(
     with staged_dir(out) as tmp:
         summary = write_report_into(tmp, metrics, overlays, extra)
     return summary
+
+
+def _overlays(
+    cfg: EvaluateConfig, model: Any, device: Any, dataset: Any, metrics: Any, by_name: dict
+) -> dict[str, np.ndarray]:
+    """The best and worst tiles drawn: prediction, truth and the ignored border."""
+    from cirl.method.report import render_overlay, select_overlay_names
+    from cirl.models.inference import predict_prob
+
+    overlays = {}
+    for stem, name in select_overlay_names(metrics.per_image(), cfg.overlays).items():
+        item = dataset[by_name[name]]
+        prob = predict_prob(model, item["image"][None].to(device))[0, 0].cpu().numpy()
+        rgb = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        overlays[stem] = render_overlay(
+            np.ascontiguousarray(rgb[:, :, ::-1]),
+            prob,
+            item["mask"][0].numpy() > 0.5,
+            item["valid"][0].numpy() > 0.5,
+            cfg.threshold,
+        )
+    return overlays
 
 
 def calibrate(cfg: EvaluateConfig, data: Path, model, device, scored, progress: bool) -> dict:

@@ -30,7 +30,6 @@ def client(host: str | None, namespace: str | None = None, token: str | None = N
     import logging
     import warnings
 
-    import kfp
     import kfp_server_api
     import urllib3
 
@@ -49,6 +48,37 @@ def client(host: str | None, namespace: str | None = None, token: str | None = N
         "or http://localhost:8080 through `kubectl port-forward -n kubeflow svc/ml-pipeline-ui "
         "8080:80`"
     )
+
+    Client = _checked_client(host, healthz, hint)
+
+    # urllib3 logs each retry of a refused connection; the error below says it once
+    connection_log = logging.getLogger("urllib3.connectionpool")
+    level = connection_log.level
+    if not connection_log.isEnabledFor(logging.DEBUG):
+        connection_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "This client only works", FutureWarning)
+            kfp_client = Client(host=host, namespace=namespace or "kubeflow", existing_token=token)
+            kfp_client.get_kfp_healthz()
+    except CirlError:
+        raise
+    except kfp_server_api.ApiException as exc:
+        raise _refused(exc, host, healthz, hint) from None
+    except urllib3.exceptions.HTTPError as exc:  # refused, unknown name, timeout
+        reason = str(getattr(exc, "reason", None) or exc).split(">: ")[-1]
+        raise CirlError(f"cannot reach the KFP endpoint {host} ({reason}); {hint}") from None
+    except Exception as exc:  # kfp's own config loading raises many types
+        raise CirlError(f"KFP endpoint {host}: {_api_error(exc)}; {hint}") from None
+    finally:
+        connection_log.setLevel(level)
+    return kfp_client
+
+
+def _checked_client(host: str, healthz: str, hint: str) -> type:
+    """``kfp.Client`` whose health check asks once and wants KFP's JSON back."""
+    import kfp
+    import kfp_server_api
 
     class Client(kfp.Client):
         """``kfp.Client`` whose health check asks once and wants KFP's JSON back."""
@@ -76,41 +106,23 @@ def client(host: str | None, namespace: str | None = None, token: str | None = N
                 )
             return self.checked
 
-    # urllib3 logs each retry of a refused connection; the error below says it once
-    connection_log = logging.getLogger("urllib3.connectionpool")
-    level = connection_log.level
-    if not connection_log.isEnabledFor(logging.DEBUG):
-        connection_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "This client only works", FutureWarning)
-            kfp_client = Client(host=host, namespace=namespace or "kubeflow", existing_token=token)
-            kfp_client.get_kfp_healthz()
-    except CirlError:
-        raise
-    except kfp_server_api.ApiException as exc:
-        if not exc.status:  # a TLS failure, raised before any answer
-            raise CirlError(
-                f"cannot reach the KFP endpoint {host} ({_api_error(exc)}); {hint}"
-            ) from None
-        if exc.status in (401, 403):
-            why = (
-                f"refused the credentials ({_api_error(exc)}): pass a bearer token with "
-                "--token / KFP_TOKEN"
-            )
-        elif exc.status == 404:
-            why = f"has no KFP API: {healthz} answered HTTP 404; {hint}"
-        else:
-            why = f"answered its health check with {_api_error(exc)}; {hint}"
-        raise CirlError(f"KFP endpoint {host} {why}") from None
-    except urllib3.exceptions.HTTPError as exc:  # refused, unknown name, timeout
-        reason = str(getattr(exc, "reason", None) or exc).split(">: ")[-1]
-        raise CirlError(f"cannot reach the KFP endpoint {host} ({reason}); {hint}") from None
-    except Exception as exc:  # kfp's own config loading raises many types
-        raise CirlError(f"KFP endpoint {host}: {_api_error(exc)}; {hint}") from None
-    finally:
-        connection_log.setLevel(level)
-    return kfp_client
+    return Client
+
+
+def _refused(exc: Any, host: str, healthz: str, hint: str) -> CirlError:
+    """The endpoint's HTTP error (or a TLS failure before any answer) as one sentence."""
+    if not exc.status:  # a TLS failure, raised before any answer
+        return CirlError(f"cannot reach the KFP endpoint {host} ({_api_error(exc)}); {hint}")
+    if exc.status in (401, 403):
+        why = (
+            f"refused the credentials ({_api_error(exc)}): pass a bearer token with "
+            "--token / KFP_TOKEN"
+        )
+    elif exc.status == 404:
+        why = f"has no KFP API: {healthz} answered HTTP 404; {hint}"
+    else:
+        why = f"answered its health check with {_api_error(exc)}; {hint}"
+    return CirlError(f"KFP endpoint {host} {why}")
 
 
 def _api_error(exc: BaseException) -> str:
