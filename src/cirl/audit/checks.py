@@ -13,7 +13,7 @@ from typing import Any
 from cirl.audit.record import _artifacts, _download, _run_config, _store
 from cirl.audit.results import AuditConfig, Difference
 from cirl.errors import CirlError
-from cirl.lineage.schema import Tag
+from cirl.lineage.schema import Tag, VersionTestTags
 from cirl.lineage.tracking import TrackingConfig
 
 
@@ -188,7 +188,7 @@ def _compare_scores(
             differences.append(
                 Difference(
                     "metric",
-                    f"test.{key}",
+                    VersionTestTags.score(key),
                     "(not recorded)" if want is None else repr(want),
                     ("(not computed)" if got is None else repr(got))
                     + ("" if delta is None else f" (|diff| {delta:.3g} > {tolerance:g})"),

@@ -16,7 +16,7 @@ from cirl import __version__
 from cirl.errors import CirlError
 from cirl.host import package_version
 from cirl.lineage import schema
-from cirl.lineage.schema import Tag, tag_float
+from cirl.lineage.schema import Tag, VersionRecord
 from cirl.lineage.tracking import TrackingConfig
 
 # The stage runs a complete chain holds, by the arm of the registered model.
@@ -33,9 +33,6 @@ _RUN_TAGS = (
     Tag.KFP_RUN_ID,
     Tag.ERROR,
 )
-
-
-_TEST_INFO = ("test.split", "test.manifest_sha256", "test.data")
 
 
 def _tracking(tracking: TrackingConfig | None) -> TrackingConfig:
@@ -248,14 +245,10 @@ def lineage(uri: str, tracking: TrackingConfig | None = None) -> dict[str, Any]:
         a for a, v in client.get_registered_model(name).aliases.items() if str(v) == number
     )
     history = registry.alias_history(name, TrackingConfig(track=True, tracking_uri=store))
+    written = VersionRecord.from_tags(tags)
     model_config = configs["model_config"]
-    if model_config is None and tags.get(Tag.MODEL_CONFIG):
-        model_config = json.loads(tags[Tag.MODEL_CONFIG])
-    metrics = {
-        k[len("test.") :]: tag_float(v)
-        for k, v in sorted(tags.items())
-        if k.startswith("test.") and k not in _TEST_INFO
-    }
+    if model_config is None:
+        model_config = written.model_config
     return {
         "uri": uri,
         "name": name,
@@ -266,7 +259,7 @@ def lineage(uri: str, tracking: TrackingConfig | None = None) -> dict[str, Any]:
             "registered_at": _iso(version.creation_timestamp),
             "run_id": version.run_id,
             "source": version.source,
-            "checkpoint_sha256": tags.get(Tag.CHECKPOINT_SHA256),
+            "checkpoint_sha256": written.checkpoint_sha256,
             "checkpoint": (evaluation.get("provenance") or {}).get("checkpoint"),
             "checkpoint_epoch": (evaluation.get("provenance") or {}).get("checkpoint_epoch"),
             "model_config": model_config,
@@ -276,24 +269,24 @@ def lineage(uri: str, tracking: TrackingConfig | None = None) -> dict[str, Any]:
             "artifacts": sorted(_artifacts(client, version.run_id)),
         },
         "data": {
-            "dvc_data_md5": tags.get(Tag.DVC_DATA_MD5),
+            "dvc_data_md5": written.dvc_data_md5,
             "dvc_data_md5_at_prepare": (
                 prepare_runs[0]["tags"].get(Tag.DVC_DATA_MD5) if prepare_runs else None
             ),
             "dvc_data_md5_here": dvc_data_hash(),
-            "manifest_sha256": tags.get("test.manifest_sha256"),
-            "split": tags.get("test.split", "test"),
-            "path": tags.get("test.data"),
+            "manifest_sha256": written.test_manifest_sha256,
+            "split": written.test_split,
+            "path": written.test_data,
             "dataset_card": card,
             "dataset_card_from": card_from,
         },
-        "code": _code_entry(tags, chain),
+        "code": _code_entry(written, chain),
         "environment": {
-            "python": tags.get(Tag.PYTHON),
-            "torch": tags.get(Tag.TORCH),
-            "onnxruntime": tags.get(Tag.ONNXRUNTIME),
+            "python": written.python,
+            "torch": written.torch,
+            "onnxruntime": written.onnxruntime,
         },
-        "metrics": metrics,
+        "metrics": written.scores,
         "evaluation": {
             "split": evaluation.get("split"),
             "params": evaluation.get("params"),
@@ -310,13 +303,14 @@ def _dataset_card(
 ) -> tuple[dict | None, str | None]:
     """The dataset card: the prepare run's artifact, else the recorded folder's own file."""
     card, card_from = None, None
+    data = VersionRecord.from_tags(tags).test_data
     if prepare_runs:
         card = _json_artifact(
             client, prepare_runs[0]["run_id"], "outputs/dataset_card.json", folder
         )
         card_from = f"run {prepare_runs[0]['run_id']} (outputs/dataset_card.json)"
-    local_card = Path(tags.get("test.data", "")) / "dataset_card.json"
-    if card is None and tags.get("test.data") and local_card.is_file():
+    local_card = Path(data or "") / "dataset_card.json"
+    if card is None and data and local_card.is_file():
         try:
             card, card_from = json.loads(local_card.read_text()), str(local_card)
         except ValueError:
@@ -324,17 +318,17 @@ def _dataset_card(
     return card, card_from
 
 
-def _code_entry(tags: dict, chain: dict) -> dict[str, Any]:
+def _code_entry(written: VersionRecord, chain: dict) -> dict[str, Any]:
     """The recorded code (commit, state, version, image, KFP run) and this checkout's."""
     from cirl.lineage.tracking import git_state
 
     commit, dirty = git_state()
     return {
-        "git_commit": tags.get(Tag.GIT_COMMIT),
-        "git_dirty": tags.get(Tag.GIT_DIRTY),
-        "cirl_version": tags.get(Tag.VERSION),
-        "image_digest": tags.get(Tag.IMAGE_DIGEST),
-        "kfp_run_id": tags.get(Tag.KFP_RUN_ID),
+        "git_commit": written.git_commit,
+        "git_dirty": written.git_dirty,
+        "cirl_version": written.cirl_version,
+        "image_digest": written.image_digest,
+        "kfp_run_id": written.kfp_run_id,
         "commits_in_chain": sorted(
             {r["tags"][Tag.GIT_COMMIT] for r in chain["runs"] if r["tags"].get(Tag.GIT_COMMIT)}
         ),

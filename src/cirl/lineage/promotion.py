@@ -17,7 +17,7 @@ from cirl.lineage.fetch import (
     _client,
     parse_model_uri,
 )
-from cirl.lineage.schema import Tag, tag_float
+from cirl.lineage.schema import Tag, VersionTestTags, tag_float
 from cirl.lineage.tracking import TrackingConfig
 
 CHAMPION = "champion"
@@ -97,7 +97,11 @@ def _version(client: Any, name: str, version: str | int) -> Any:
 def _score(version: Any, uri: str) -> tuple[float, str, str]:
     tags = version.tags
     try:
-        return float(tags["test.f1"]), tags["test.manifest_sha256"], tags.get("test.split", "test")
+        return (
+            float(tags[VersionTestTags.score("f1")]),
+            tags[VersionTestTags.MANIFEST_SHA256],
+            tags.get(VersionTestTags.SPLIT, "test"),
+        )
     except (KeyError, ValueError):
         raise CirlError(
             f"version {version.version} of {version.name!r} at {uri} has no test scores "

@@ -18,7 +18,7 @@ from typing import Any
 from cirl import __version__
 from cirl.errors import CirlError
 from cirl.host import package_version
-from cirl.lineage.schema import Tag
+from cirl.lineage.schema import SCORES, Tag
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ _SCALARS: dict[str, tuple[str, ...]] = {
 }
 
 
-EVALUATION_SCORES = ("f1", "precision", "recall", "iou", "ois", "ap")
+EVALUATION_SCORES = SCORES
 
 
 _RESULT_FILES = {"select": "summary.json", "evaluate": "metrics.json"}

@@ -69,7 +69,7 @@ from cirl.lineage.promotion import (  # noqa: F401
     promote,
     version_uri_at,
 )
-from cirl.lineage.schema import Tag
+from cirl.lineage.schema import Tag, VersionRecord
 from cirl.lineage.tracking import TrackingConfig
 
 
@@ -313,10 +313,9 @@ def _version_tags(meta: dict, provenance: dict, split: str, scores: dict) -> dic
                 if meta.get("decision_threshold")
                 else {}
             ),
-            "test.split": split,
-            "test.manifest_sha256": str(provenance["manifest_sha256"]),
-            "test.data": str(provenance.get("data", "")),
-            **{f"test.{k}": repr(v) for k, v in scores.items()},
+            **VersionRecord.test_tags(
+                split, str(provenance["manifest_sha256"]), str(provenance.get("data", "")), scores
+            ),
         }
     )
     return tags

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from cirl.method.recipe import (
@@ -40,10 +41,13 @@ __all__ = [
     "PHASE2",
     "PREPARE",
     "REGISTER",
+    "SCORES",
     "SELECT",
     "STAGES",
     "SWEEP_TRIAL",
     "Tag",
+    "VersionRecord",
+    "VersionTestTags",
     "arithmetic_tags",
     "tag_float",
     "training_stage",
@@ -144,3 +148,88 @@ def tag_float(text: str | None) -> float | None:
         return float(text) if text else None
     except ValueError:
         return None
+
+
+# the scores an evaluation records, and the prefix of a model version's test tags
+SCORES = ("f1", "precision", "recall", "iou", "ois", "ap")
+
+
+class VersionTestTags:
+    """A model version's tags about its test data (``test.<score>`` holds each score)."""
+
+    PREFIX = "test."
+    SPLIT = "test.split"
+    MANIFEST_SHA256 = "test.manifest_sha256"
+    DATA = "test.data"
+    INFO = (SPLIT, MANIFEST_SHA256, DATA)
+
+    @classmethod
+    def score(cls, name: str) -> str:
+        return f"{cls.PREFIX}{name}"
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A registered model version's tags, typed: what :func:`cirl.lineage.registry.register`
+    writes and the audit and the promotion read back (:meth:`from_tags`), so that the two
+    sides name each tag once (here) and agree on its type."""
+
+    checkpoint_sha256: str | None = None
+    model_config: dict | None = None
+    decision_threshold: float | None = None
+    int8_sha256: str | None = None
+    test_split: str = "test"
+    test_manifest_sha256: str | None = None
+    test_data: str | None = None
+    scores: dict[str, float | None] = field(default_factory=dict)
+    git_commit: str | None = None
+    git_dirty: str | None = None
+    cirl_version: str | None = None
+    image_digest: str | None = None
+    kfp_run_id: str | None = None
+    dvc_data_md5: str | None = None
+    python: str | None = None
+    torch: str | None = None
+    onnxruntime: str | None = None
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> VersionRecord:
+        """The record of a version's tags (missing tags are None; scores as numbers)."""
+        try:
+            config = json.loads(tags[Tag.MODEL_CONFIG]) if tags.get(Tag.MODEL_CONFIG) else None
+        except ValueError:  # not written by cirl register
+            config = None
+        scores = {
+            k[len(VersionTestTags.PREFIX) :]: tag_float(v)
+            for k, v in sorted(tags.items())
+            if k.startswith(VersionTestTags.PREFIX) and k not in VersionTestTags.INFO
+        }
+        return cls(
+            checkpoint_sha256=tags.get(Tag.CHECKPOINT_SHA256),
+            model_config=config,
+            decision_threshold=tag_float(tags.get(Tag.DECISION_THRESHOLD)),
+            int8_sha256=tags.get(Tag.INT8_SHA256),
+            test_split=tags.get(VersionTestTags.SPLIT, "test"),
+            test_manifest_sha256=tags.get(VersionTestTags.MANIFEST_SHA256),
+            test_data=tags.get(VersionTestTags.DATA),
+            scores=scores,
+            git_commit=tags.get(Tag.GIT_COMMIT),
+            git_dirty=tags.get(Tag.GIT_DIRTY),
+            cirl_version=tags.get(Tag.VERSION),
+            image_digest=tags.get(Tag.IMAGE_DIGEST),
+            kfp_run_id=tags.get(Tag.KFP_RUN_ID),
+            dvc_data_md5=tags.get(Tag.DVC_DATA_MD5),
+            python=tags.get(Tag.PYTHON),
+            torch=tags.get(Tag.TORCH),
+            onnxruntime=tags.get(Tag.ONNXRUNTIME),
+        )
+
+    @staticmethod
+    def test_tags(split: str, manifest: str, data: str, scores: Mapping[str, float]) -> dict:
+        """The test tags registration writes (scores as ``repr`` of the float)."""
+        return {
+            VersionTestTags.SPLIT: split,
+            VersionTestTags.MANIFEST_SHA256: manifest,
+            VersionTestTags.DATA: data,
+            **{VersionTestTags.score(k): repr(v) for k, v in scores.items()},
+        }
