@@ -69,19 +69,10 @@ class Difference:
         return f"{self.kind} {self.what}: expected {self.expected}, found {self.found}"
 
 
-@dataclass
-class VerifyResult:
-    """What :func:`verify` checked and what differed (empty ``differences``: all agree)."""
+class _Findings:
+    """What verify and retrain share: they pass when nothing differs."""
 
-    data: str
-    files_checked: int = 0
-    metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    onnx: dict[str, Any] | None = None
-    checks: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    differences: list[Difference] = field(default_factory=list)
-    tolerance: float = 0.0
-    seconds: float = 0.0
+    differences: list[Difference]
 
     @property
     def ok(self) -> bool:
@@ -94,7 +85,22 @@ class VerifyResult:
 
 
 @dataclass
-class RetrainResult:
+class VerifyResult(_Findings):
+    """What :func:`verify` checked and what differed (empty ``differences``: all agree)."""
+
+    data: str
+    files_checked: int = 0
+    metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    onnx: dict[str, Any] | None = None
+    checks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    differences: list[Difference] = field(default_factory=list)
+    tolerance: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
+class RetrainResult(_Findings):
     """What :func:`retrain` reproduced and what differed."""
 
     workdir: str
@@ -110,18 +116,9 @@ class RetrainResult:
     seconds: float = 0.0
 
     @property
-    def ok(self) -> bool:
-        """True when nothing differs."""
-        return not self.differences
-
-    @property
     def weights_identical(self) -> bool:
         """Whether the retrained weights equal the registered ones bit for bit."""
         return bool(self.weights.get("identical"))
-
-    def to_dict(self) -> dict:
-        """JSON-able content."""
-        return {**dataclasses.asdict(self), "ok": self.ok}
 
 
 @dataclass(frozen=True)
