@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,17 +28,14 @@ def _log(message: str) -> None:
 
 
 def _evaluate(data: Path, checkpoint: Path, out: Path) -> dict:
-    """The ablation's evaluation, in its own process (inference with subnormals as zero)."""
+    """The ablation's evaluation (``cirl evaluate --split test --overlays 0 --device cpu
+    --no-verify-data``), in its own process as the evaluate stage runs."""
+    from cirl.method import recipe
+    from cirl.method.evaluate import EvaluateConfig
+
     if not (out / "metrics.json").is_file():
-        subprocess.run(
-            [
-                str(Path(sys.executable).with_name("cirl")), "evaluate", "--data", str(data),
-                "--checkpoint", str(checkpoint), "--out", str(out), "--split", "test",
-                "--overlays", "0", "--device", "cpu", "--no-verify-data", "--no-track", "-q",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        cfg = EvaluateConfig(split="test", overlays=0, device="cpu", verify_data=False)
+        recipe.evaluate(cfg, data, checkpoint.parent, out, checkpoint.name, fresh_process=True)
     metrics = json.loads((out / "metrics.json").read_text())
     return {"f1": metrics["f1"], "ods": metrics["ods"]["f1"], "ap": metrics["ap"]}
 

@@ -223,6 +223,7 @@ def lineage(uri: str, tracking: TrackingConfig | None = None) -> dict[str, Any]:
     version, alias = _resolve(client, store, uri)
     name, number = version.name, str(version.version)
     tags = dict(version.tags)
+    written = VersionRecord.from_tags(tags)
     try:
         register_run = client.get_run(version.run_id)
     except MlflowException:
@@ -239,13 +240,12 @@ def lineage(uri: str, tracking: TrackingConfig | None = None) -> dict[str, Any]:
         train_config = configs["train_config"] or {}
         chain = _chain(client, register_run, "bce" if train_config.get("loss") == "bce" else "")
         prepare_runs = [r for r in chain["runs"] if r["stage"] == "prepare"]
-        card, card_from = _dataset_card(client, prepare_runs, tags, folder)
+        card, card_from = _dataset_card(client, prepare_runs, written.test_data, folder)
     evaluation = configs["metrics"] or {}
     aliases = sorted(
         a for a, v in client.get_registered_model(name).aliases.items() if str(v) == number
     )
     history = registry.alias_history(name, TrackingConfig(track=True, tracking_uri=store))
-    written = VersionRecord.from_tags(tags)
     model_config = configs["model_config"]
     if model_config is None:
         model_config = written.model_config
@@ -299,11 +299,10 @@ def lineage(uri: str, tracking: TrackingConfig | None = None) -> dict[str, Any]:
 
 
 def _dataset_card(
-    client: Any, prepare_runs: list[dict], tags: dict, folder: Path
+    client: Any, prepare_runs: list[dict], data: str | None, folder: Path
 ) -> tuple[dict | None, str | None]:
     """The dataset card: the prepare run's artifact, else the recorded folder's own file."""
     card, card_from = None, None
-    data = VersionRecord.from_tags(tags).test_data
     if prepare_runs:
         card = _json_artifact(
             client, prepare_runs[0]["run_id"], "outputs/dataset_card.json", folder

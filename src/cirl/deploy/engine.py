@@ -316,17 +316,24 @@ def open_file(
             f"{path} is a PyTorch checkpoint; export it with `cirl export --checkpoint {path} "
             "--out model.onnx`, or predict with --engine torch"
         )
-    if engine == "onnx-int8" and not path.name.endswith(".int8.onnx"):
-        quantized = int8_path(path)
-        if not quantized.is_file():
-            raise CirlError(
-                f"--engine onnx-int8: {quantized} not found; write it with `cirl export "
-                "--quantize static --data PREPARED`, or use --engine auto"
-            )
-        path = quantized
+    quantized = model_file(path, engine)
+    if quantized != path and not quantized.is_file():
+        raise CirlError(
+            f"--engine onnx-int8: {quantized} not found; write it with `cirl export "
+            "--quantize static --data PREPARED`, or use --engine auto"
+        )
+    path = quantized
     if engine in ("onnx", "onnx-int8"):
         return OnnxEngine(path, threads, device)
     return OpenVinoEngine(path, threads, "bf16" if engine == "openvino-bf16" else "fp32")
+
+
+def model_file(path: Path, engine: str) -> Path:
+    """The file ``engine`` runs for the model ``path``: the int8 copy beside ``NAME.onnx`` for
+    ``onnx-int8``, the file itself otherwise."""
+    if engine == "onnx-int8" and not path.name.endswith(".int8.onnx"):
+        return int8_path(path)
+    return path
 
 
 def _cuda_provider() -> bool:

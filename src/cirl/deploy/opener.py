@@ -19,11 +19,11 @@ from cirl.deploy.engine import (
     _cuda_provider,
     check_contract,
     is_registry_uri,
+    model_file,
     open_file,
 )
 from cirl.deploy.gate import check_gate, choose_engine
 from cirl.errors import CirlError
-from cirl.models.files import int8_path
 
 
 def load_engine(
@@ -90,8 +90,7 @@ def load_engine(
         engine = choice["engine"]
     opened = open_file(path, engine, threads, device)
     if engine != "torch":
-        if engine == "onnx-int8" and not path.name.endswith(".int8.onnx"):
-            path = int8_path(path)
+        path = model_file(path, engine)
         check_gate(opened, path, force)
     check_contract(opened, path)
     if choice is not None:

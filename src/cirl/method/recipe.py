@@ -158,14 +158,13 @@ def evaluate(
 @dataclass
 class ChainResult:
     """What :func:`run` did: each training's result, the selection, the scores, the seconds
-    each stage took (``stages``: name, seconds), and the checkpoints it read."""
+    each stage took (``stages``: name, seconds)."""
 
     final: Any
     summary: dict
     phase1: Any = None
     selection: Any = None
     stages: list[dict] = field(default_factory=list)
-    checkpoints: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -206,7 +205,6 @@ def run(
         return out
 
     final_out = workdir / "phase2"
-    checkpoints = {"scored": scored}
     p1 = chosen = None
     if configs.phase1 is None:
         final = timed(BASELINE, phase1, configs.final, data, final_out, progress=progress)
@@ -233,7 +231,6 @@ def run(
             phase2_from,
             progress=progress,
         )
-        checkpoints.update(select_from=select_from, phase2_from=phase2_from)
     summary = timed(
         EVALUATE,
         evaluate,
@@ -244,4 +241,4 @@ def run(
         scored,
         progress=progress,
     )
-    return ChainResult(final, summary, p1, chosen, stages, checkpoints)
+    return ChainResult(final, summary, p1, chosen, stages)
