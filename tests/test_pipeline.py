@@ -217,8 +217,17 @@ def test_local_run_goes_through_the_dag_and_links_outputs(raw, tmp_path, capsys)
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert summary["metrics"]["eval"]["f1"] == metrics["f1"]
     assert "baseline-eval" in summary["metrics"]
-    report = (out / "report.html").read_text()
-    assert "data:image/png;base64," in report and "Precision-recall" in report
+    # the reports: real .html files under OUT whose links reach the stage folder's images,
+    # and KFP's HTML artifacts self-contained (thumbnails)
+    for page, folder in (("report.html", "eval"), ("select.html", "select")):
+        assert (out / page).is_file() and not (out / page).is_symlink()
+        text = (out / page).read_text()
+        assert "<base href=" in text and "data:image" not in text
+        base = text.split('<base href="', 1)[1].split('"', 1)[0]
+        assert (out / base).resolve() == (out / folder).resolve()
+    assert "Precision and recall" in (out / "report.html").read_text()
+    kfp_page = Path(summary["run_dir"]) / "evaluate" / "report"
+    assert "data:image/" in kfp_page.read_text() and kfp_page.stat().st_size < 1_000_000
     record = json.loads((out / "pipeline_run.json").read_text())
     assert record["arguments"]["train_params"]["width"] == 8
     assert record["arguments"]["code_version"].startswith("0.")
@@ -258,6 +267,46 @@ def test_local_run_goes_through_the_dag_and_links_outputs(raw, tmp_path, capsys)
     )
     assert version.tags["cirl.kfp_run_id"] == kfp_run  # the version names its KFP run
     assert summary["registration"]["model_uri"] == registration["model_uri"]
+    _check_mlflow_columns(tmp_path / "mlflow.db", parent.info.run_id, children, version, out)
+
+
+def _check_mlflow_columns(database, parent_id, children, version, out):
+    """What the MLflow UI shows: the parent run's own columns (scores, key params, method,
+    description, reports), the experiment's kind, the version linked to its training run,
+    no experiment besides the default and cirl's."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{database}")
+    parent = client.get_run(parent_id)
+    by_name = {r.info.run_name: r for r in children}
+    evaluation = json.loads((out / "eval" / "metrics.json").read_text())
+    metrics = parent.data.metrics
+    assert metrics["test_f1"] == pytest.approx(evaluation["f1"])
+    assert metrics["test_ods"] == pytest.approx(evaluation["ods"]["f1"])
+    for key in ("test_ap", "test_ois", "baseline_test_f1", "phase1_best_val_f1",
+                "phase2_best_val_f1", "selected_fraction"):  # fmt: skip
+        assert key in metrics, key
+    params = parent.data.params
+    assert params["train.loss"] == "cirl" and params["train.selection"] == "offline"
+    assert params["train.crop"] == "64" and params["select.gamma"] == "0.4"
+    tags = parent.data.tags
+    assert tags["cirl.method"] == by_name["train phase 2"].data.tags["cirl.method"]
+    assert "test: per-image F1" in tags["mlflow.note.content"]
+    artifacts = {a.path for a in client.list_artifacts(parent_id, "reports")}
+    assert artifacts == {"reports/report.html", "reports/select.html"}
+    select = by_name["select"]
+    assert "gamma" not in select.data.metrics and select.data.tags["cirl.selection_threshold"]
+    assert "outputs/report.html" in {
+        a.path for a in client.list_artifacts(select.info.run_id, "outputs")
+    }
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.note.content"]
+    assert sorted(e.name for e in client.search_experiments()) == ["Default", "cirl"]
+    # the version's run is the training that made it; its files are the register run's
+    assert version.run_id == by_name["train phase 2"].info.run_id
+    assert version.tags["cirl.register_run_id"] == by_name["register cirl-crack"].info.run_id
+    assert version.tags["cirl.method"] == tags["cirl.method"] and version.description
 
 
 def _runs(database: Path) -> dict:

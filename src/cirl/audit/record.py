@@ -16,6 +16,7 @@ from cirl import __version__
 from cirl.errors import CirlError
 from cirl.host import package_version
 from cirl.lineage import schema
+from cirl.lineage.fetch import files_run_id
 from cirl.lineage.schema import Tag, VersionRecord
 from cirl.lineage.tracking import TrackingConfig
 
@@ -224,17 +225,18 @@ def lineage(uri: str, tracking: TrackingConfig | None = None) -> dict[str, Any]:
     name, number = version.name, str(version.version)
     tags = dict(version.tags)
     written = VersionRecord.from_tags(tags)
+    files_run = files_run_id(version)
     try:
-        register_run = client.get_run(version.run_id)
+        register_run = client.get_run(files_run)
     except MlflowException:
         raise CirlError(
-            f"cannot audit {uri}: its source run {version.run_id} is not in {store} (deleted?); "
+            f"cannot audit {uri}: its register run {files_run} is not in {store} (deleted?); "
             "the version's tags are all that is left"
         ) from None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         configs = {
-            key: _json_artifact(client, version.run_id, f"configs/{key}.json", folder)
+            key: _json_artifact(client, files_run, f"configs/{key}.json", folder)
             for key in ("metrics", "train_config", "model_config", "provenance", "export")
         }
         train_config = configs["train_config"] or {}
@@ -257,7 +259,8 @@ def lineage(uri: str, tracking: TrackingConfig | None = None) -> dict[str, Any]:
         "model": {
             "aliases": aliases,
             "registered_at": _iso(version.creation_timestamp),
-            "run_id": version.run_id,
+            "run_id": files_run,
+            "training_run_id": version.run_id if version.run_id != files_run else None,
             "source": version.source,
             "checkpoint_sha256": written.checkpoint_sha256,
             "checkpoint": (evaluation.get("provenance") or {}).get("checkpoint"),
@@ -266,7 +269,7 @@ def lineage(uri: str, tracking: TrackingConfig | None = None) -> dict[str, Any]:
             "train_config": configs["train_config"],
             "provenance": configs["provenance"],
             "export": configs["export"],
-            "artifacts": sorted(_artifacts(client, version.run_id)),
+            "artifacts": sorted(_artifacts(client, files_run)),
         },
         "data": {
             "dvc_data_md5": written.dvc_data_md5,

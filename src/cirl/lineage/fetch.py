@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cirl.errors import CirlError
+from cirl.lineage.schema import Tag
 from cirl.lineage.tracking import TrackingConfig
 
 DEFAULT_MODEL_NAME = "cirl-crack"
@@ -205,7 +206,7 @@ def fetch_model(
                     f"{uri} (version {version.version}) holds no .onnx file; register models "
                     "with `cirl register`"
                 )
-            _fetch_int8(client, version.run_id, fp32[0], store)
+            _fetch_int8(client, files_run_id(version), fp32[0], store)
             try:
                 staging.rename(folder)
             except OSError:  # fetched meanwhile by another process: keep theirs
@@ -217,7 +218,14 @@ def fetch_model(
             shutil.rmtree(staging, ignore_errors=True)
             raise artifact_error(exc, f"{uri} (version {version.version})") from None
         found = _fp32_models(folder)
-    return FetchedModel(uri, name, str(version.version), found[0], version.run_id)
+    return FetchedModel(uri, name, str(version.version), found[0], files_run_id(version))
+
+
+def files_run_id(version: Any) -> str:
+    """The run that holds a version's files (weights, configs, int8 copy): its ``register``
+    run. A version's own ``run_id`` names the training that produced the model; versions
+    registered before that link was made name the register run there."""
+    return (version.tags or {}).get(Tag.REGISTER_RUN_ID) or version.run_id
 
 
 def _fp32_models(folder: Path) -> list[Path]:

@@ -1,11 +1,13 @@
 """Aliases: ``cirl promote`` moves ``champion`` only by a measured margin on the same test data,
-each move recorded (an alias-history run), so the version behind an alias at any past time can
-be named.
+each move recorded (a tag of the registered model), so the version behind an alias at any past
+time can be named.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
+# where versions before 0.9 recorded alias moves (one run each); read, never written
 HISTORY_EXPERIMENT = "cirl-model-aliases"
 
 
@@ -69,7 +72,8 @@ class Promotion:
 
 @dataclass(frozen=True)
 class AliasMove:
-    """One recorded alias move (a run of the ``cirl-model-aliases`` experiment)."""
+    """One recorded alias move (``record``: the registered model's tag that holds it, or the run
+    of the ``cirl-model-aliases`` experiment where older versions recorded moves)."""
 
     model: str
     alias: str
@@ -79,7 +83,7 @@ class AliasMove:
     reason: str
     f1: float | None
     champion_f1: float | None
-    run_id: str
+    record: str
 
 
 def _version(client: Any, name: str, version: str | int) -> Any:
@@ -206,40 +210,46 @@ def _move_alias(
 ) -> None:
     """Point ``alias`` at ``version`` (None: remove it), recording the move first.
 
-    The record is a run that stays RUNNING until the alias has moved, then FINISHED (FAILED if
-    the move failed); :func:`alias_history` reads only FINISHED records.
+    The record is a tag of the registered model (``cirl.alias_move.<time>-<alias>``, JSON),
+    written ``pending`` before the alias moves and ``done`` after (``failed`` if the move
+    failed); :func:`alias_history` reads only ``done`` records. The registry holds it, beside
+    the model it is about: no experiment of its own.
     """
-    from cirl.lineage.tracking import ensure_experiment, lineage_tags
+    from cirl.lineage.tracking import lineage_tags
 
     name = promotion.name
-    experiment = ensure_experiment(client, uri, HISTORY_EXPERIMENT)
-    reason = promotion.reason if version else f"version {previous} became {CHAMPION}"
-    tags = {
-        Tag.MODEL: name,
-        Tag.ALIAS: alias,
-        Tag.VERSION: version or "",
-        Tag.PREVIOUS_VERSION: previous or "",
-        Tag.MOVED_AT: _now().isoformat(),
-        Tag.REASON: reason,
-        Tag.F1: repr(promotion.f1),
-        Tag.CHAMPION_F1: "" if promotion.champion_f1 is None else repr(promotion.champion_f1),
-        Tag.MARGIN: repr(promotion.margin),
-        **{f"lineage.{k}": v for k, v in lineage_tags().items() if k.startswith("cirl.")},
+    moved_at = _now()
+    record = {
+        "model": name,
+        "alias": alias,
+        "version": version,
+        "previous": previous,
+        "moved_at": moved_at.isoformat(),
+        "reason": promotion.reason if version else f"version {previous} became {CHAMPION}",
+        "f1": promotion.f1,
+        "champion_f1": promotion.champion_f1,
+        "margin": promotion.margin,
+        "lineage": {k: v for k, v in lineage_tags().items() if k.startswith("cirl.")},
     }
-    target = f"v{version}" if version else "(removed)"
-    record = client.create_run(experiment, tags=tags, run_name=f"{name}@{alias} -> {target}")
+    key = f"{Tag.ALIAS_MOVE}{moved_at:%Y%m%dT%H%M%S%fZ}-{alias}"
+
+    def write(state: str) -> None:
+        client.set_registered_model_tag(name, key, json.dumps({**record, "state": state}))
+
     try:
+        write("pending")
         if version:
             client.set_registered_model_alias(name, alias, version)
         else:
             client.delete_registered_model_alias(name, alias)
     except Exception as exc:  # registry errors of any kind
-        client.set_terminated(record.info.run_id, "FAILED")
+        with contextlib.suppress(Exception):
+            write("failed")
         raise CirlError(
             f"could not move alias {alias!r} of {name!r} at {uri} "
             f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
         ) from None
-    client.set_terminated(record.info.run_id, "FINISHED")
+    write("done")
 
 
 def alias_history(
@@ -249,17 +259,51 @@ def alias_history(
 ) -> list[AliasMove]:
     """Every recorded move of the aliases of model ``name`` (of ``alias`` only if given), oldest
     first. Moves made outside cirl (MLflow UI, API) are not in it."""
+    from mlflow.exceptions import MlflowException
+
     try:
         _check_name(name)
     except ValueError as exc:
         raise CirlError(str(exc).replace("key 'name'", "the model name")) from None
     client, _ = _client(tracking)
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException:
+        tags = {}
+    moves = _legacy_moves(client, name)
+    for key, text in tags.items():
+        if not key.startswith(Tag.ALIAS_MOVE):
+            continue
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            continue
+        if entry.get("state") != "done":
+            continue
+        moves.append(
+            AliasMove(
+                model=entry["model"],
+                alias=entry["alias"],
+                version=entry.get("version") or None,
+                previous=entry.get("previous") or None,
+                moved_at=dt.datetime.fromisoformat(entry["moved_at"]),
+                reason=entry.get("reason", ""),
+                f1=entry.get("f1"),
+                champion_f1=entry.get("champion_f1"),
+                record=key,
+            )
+        )
+    if alias:
+        moves = [m for m in moves if m.alias == alias]
+    return sorted(moves, key=lambda m: m.moved_at)
+
+
+def _legacy_moves(client: Any, name: str) -> list[AliasMove]:
+    """The moves older versions recorded as runs of the ``cirl-model-aliases`` experiment."""
     experiment = client.get_experiment_by_name(HISTORY_EXPERIMENT)
     if experiment is None:
         return []
-    query = f"tags.`cirl.model` = '{name}' and attributes.status = 'FINISHED'"
-    if alias:
-        query += f" and tags.`cirl.alias` = '{alias}'"
+    query = f"tags.`{Tag.MODEL}` = '{name}' and attributes.status = 'FINISHED'"
     moves, token = [], None
     while True:
         page = client.search_runs(
@@ -277,13 +321,12 @@ def alias_history(
                     reason=tags.get(Tag.REASON, ""),
                     f1=tag_float(tags.get(Tag.F1)),
                     champion_f1=tag_float(tags.get(Tag.CHAMPION_F1)),
-                    run_id=run.info.run_id,
+                    record=run.info.run_id,
                 )
             )
         token = page.token
         if not token:
-            break
-    return sorted(moves, key=lambda m: m.moved_at)
+            return moves
 
 
 def _as_utc(when: dt.datetime | str) -> dt.datetime:

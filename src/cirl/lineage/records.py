@@ -36,7 +36,8 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
 
 
 _SCALARS: dict[str, tuple[str, ...]] = {
-    "select": ("tiles", "marginal_pixels", "selected_pixels", "selected_fraction", "gamma"),
+    # the threshold used is a tag (cirl.selection_threshold): a setting, not a result to chart
+    "select": ("tiles", "marginal_pixels", "selected_pixels", "selected_fraction"),
 }
 
 

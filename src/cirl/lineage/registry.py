@@ -14,8 +14,8 @@
   ``F1 >= champion F1 - margin``; otherwise it gives the version the alias ``challenger`` and
   records why (tags ``cirl.promotion_*``). The first version becomes champion. Aliases and tags
   only: MLflow's deprecated stages are never used.
-* MLflow keeps no history of alias moves, so every move is recorded as a run of the
-  experiment ``cirl-model-aliases`` (model, alias, version, previous holder, time UTC, both
+* MLflow keeps no history of alias moves, so every move is recorded as a tag of the registered
+  model (``cirl.alias_move.<time>-<alias>``: alias, version, previous holder, time UTC, both
   scores, reason). :func:`alias_history` lists them; :func:`champion_at` answers "which version
   was champion at time X".
 * :func:`fetch_model` resolves ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) to a local
@@ -71,6 +71,7 @@ from cirl.lineage.promotion import (  # noqa: F401
 )
 from cirl.lineage.schema import Tag, VersionRecord
 from cirl.lineage.tracking import TrackingConfig
+from cirl.method.trained import trained_as
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,13 @@ def register(
         )
         log_dataset_input(client, run.run_id, entity, "evaluation", manifest)
         run.log_metrics({f"{split}_{k}": v for k, v in scores.items()})
-        info = _log_onnx(cfg, run, proto, meta)
+        training = _training_run(client, run, meta["checkpoint_sha256"])
+        method = trained_as(provenance.get("train_config"), provenance.get("selection"))
+        version_tags[Tag.REGISTER_RUN_ID] = run.run_id
+        version_tags[Tag.METHOD] = method.label
+        if method.warning:
+            version_tags[Tag.METHOD_WARNING] = method.warning
+        info = _log_onnx(cfg, run, proto, meta, training)
         version_tags.update(_log_files(run, model, meta, metrics_path, checkpoint))
         # the KFP run and code version of the pipeline run this one is nested under
         run_tags = client.get_run(run.run_id).data.tags
@@ -263,6 +270,7 @@ def register(
                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
             ) from None
         run.set_tags({Tag.REGISTERED_MODEL: cfg.name, Tag.REGISTERED_VERSION: version.version})
+        _describe(client, cfg.name, version.version, method, split, scores, training, run.run_id)
     promotion = None
     if cfg.promote:
         promotion = promote(PromoteConfig(cfg.name, cfg.margin), version.version, tracking)
@@ -321,8 +329,55 @@ def _version_tags(meta: dict, provenance: dict, split: str, scores: dict) -> dic
     return tags
 
 
-def _log_onnx(cfg: RegisterConfig, run: Any, proto: Any, meta: dict) -> Any:
-    """The ONNX model logged as the run's MLflow model, with its signature and an example."""
+def _training_run(client: Any, run: Any, checkpoint_sha256: str) -> str | None:
+    """The training run whose best checkpoint the model was exported from (its tag
+    ``cirl.best_checkpoint_sha256``): the one of this pipeline run (same parent) when there
+    are several, else the earliest; None when no tracked training made it."""
+    query = (
+        f"tags.`{Tag.BEST_CHECKPOINT_SHA256}` = '{checkpoint_sha256}' "
+        "and attributes.status = 'FINISHED'"
+    )
+    try:
+        found = client.search_runs([run.experiment_id], query, max_results=50)
+    except Exception:  # a store that cannot search tags: no link, the register run stays
+        return None
+    if not found:
+        return None
+    parent = client.get_run(run.run_id).data.tags.get("mlflow.parentRunId")
+    same = [r for r in found if parent and r.data.tags.get("mlflow.parentRunId") == parent]
+    chosen = same or sorted(found, key=lambda r: r.info.start_time)
+    return chosen[0].info.run_id
+
+
+def _describe(
+    client: Any,
+    name: str,
+    version: Any,
+    method: Any,
+    split: str,
+    scores: dict,
+    training: str | None,
+    register_run: str,
+) -> None:
+    """The version's description in the registry: what it is, how good, where it came from."""
+    text = (
+        f"{method.label}. On the {split} split: per-image F1 {scores.get('f1', float('nan')):.4f}"
+        f", ODS {scores.get('ods', float('nan')):.4f}, AP {scores.get('ap', float('nan')):.4f}. "
+        + (f"Trained by run {training}; " if training else "")
+        + f"files (ONNX, weights, configs) in run {register_run}."
+    )
+    if method.warning:
+        text = f"WARNING: {method.warning}\n\n{text}"
+    client.update_model_version(name, str(version), description=text)
+
+
+def _log_onnx(
+    cfg: RegisterConfig, run: Any, proto: Any, meta: dict, training: str | None = None
+) -> Any:
+    """The ONNX model logged as the run's MLflow model, with its signature and an example.
+
+    Its source run (and so the registered version's ``run_id``) is the training that made the
+    weights when known, else the register run itself; the files are the register run's."""
     import mlflow
     import numpy as np
 
@@ -336,7 +391,10 @@ def _log_onnx(cfg: RegisterConfig, run: Any, proto: Any, meta: dict) -> Any:
         # created here so that it belongs to the run's experiment (MLflow would put it in
         # the process's active experiment, which need not be the run's)
         logged = run.client.create_logged_model(
-            run.experiment_id, name="model", source_run_id=run.run_id, model_type="onnx"
+            run.experiment_id,
+            name="model",
+            source_run_id=training or run.run_id,
+            model_type="onnx",
         )
         with tracking_layer.mlflow_uri(run.tracking.uri):
             return mlflow.onnx.log_model(

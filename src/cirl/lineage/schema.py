@@ -78,6 +78,9 @@ class Tag:
     ONNXRUNTIME = "cirl.onnxruntime"
     TRIAL = "cirl.trial"
     POINT = "cirl.point"
+    BEST_CHECKPOINT_SHA256 = "cirl.best_checkpoint_sha256"  # a training's best.pt
+    SELECTION_THRESHOLD = "cirl.selection_threshold"  # the gamma (or lambda) a selection used
+    SELECTED_FRACTION = "cirl.selected_fraction"  # |A| / |M| of a selection
 
     # A training's arithmetic and CPU (:func:`arithmetic_tags`)
     PRECISION = "cirl.precision"
@@ -91,6 +94,9 @@ class Tag:
 
     # A model version's (:mod:`cirl.lineage.registry`)
     MODEL_CONFIG = "cirl.model_config"
+    REGISTER_RUN_ID = "cirl.register_run_id"  # the run holding the files (its run_id: training)
+    METHOD = "cirl.method"  # what the training was (cirl.method.trained), also on runs
+    METHOD_WARNING = "cirl.method_warning"
     DECISION_THRESHOLD = "cirl.decision_threshold"
     INT8_SHA256 = "cirl.int8_sha256"
     REGISTERED_MODEL = "cirl.registered_model"
@@ -111,6 +117,8 @@ class Tag:
     # the alias moved to)
     MODEL = "cirl.model"
     ALIAS = "cirl.alias"
+    # the registered model's tag of one move: this prefix, the time (UTC) and the alias
+    ALIAS_MOVE = "cirl.alias_move."
     PREVIOUS_VERSION = "cirl.previous_version"
     MOVED_AT = "cirl.moved_at"
     REASON = "cirl.reason"

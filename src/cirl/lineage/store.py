@@ -308,6 +308,19 @@ def connect(cfg: TrackingConfig | None = None) -> Tracking:
     )
 
 
+# MLflow 3 opens an experiment without a kind in its GenAI view (traces, prompts); these are
+# model-training runs. The description is the experiment's note in the UI.
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": (
+        "cirl crack-segmentation runs: one parent run per pipeline execution (its headline "
+        "scores and key parameters as columns), one nested run per stage; compare pipeline "
+        "runs in the table, open a run for its stages, reports (outputs/report.html) and "
+        "models. Registered models: the Models tab (cirl-crack)."
+    ),
+}
+
+
 def ensure_experiment(client: Any, uri: str, name: str, artifact_location: str = "") -> str:
     """The id of experiment ``name``, created when absent.
 
@@ -331,7 +344,7 @@ def ensure_experiment(client: Any, uri: str, name: str, artifact_location: str =
             elif location and "://" not in location:
                 location = Path(location).resolve().as_uri()
             try:
-                return client.create_experiment(name, location)
+                return client.create_experiment(name, location, tags=EXPERIMENT_TAGS)
             except MlflowException as exc:  # created meanwhile by another process
                 if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                     raise
@@ -342,6 +355,9 @@ def ensure_experiment(client: Any, uri: str, name: str, artifact_location: str =
                 f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or "
                 "pass another --experiment"
             )
+        for key, value in EXPERIMENT_TAGS.items():  # an experiment made before these tags
+            if key not in experiment.tags:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     except MlflowException as exc:
         raise CirlError(

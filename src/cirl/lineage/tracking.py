@@ -226,6 +226,57 @@ class StageRun(NullRun):
             scores = [h["val"]["f1"] for h in history if "val" in h]
             if scores:
                 self.log_metrics({"best_val_f1": max(scores)})
+        self.set_tags(_outcome_tags(stage, out))
+        if stage in ("select", "evaluate"):
+            self._log_page(stage, out)
+
+    def _log_page(self, stage: str, out: Path) -> None:
+        """The stage's report page, embedded (MLflow's artifact view follows no relative link),
+        as ``outputs/report.html``."""
+        from cirl.method import pages
+
+        render = pages.selection_page if stage == "select" else pages.evaluation_page
+        with tempfile.TemporaryDirectory() as tmp:
+            page = render(out, embed=True).write(Path(tmp) / pages.PAGE)
+            self.log_artifact(page, "outputs")
+
+
+NOTE = "mlflow.note.content"
+"""MLflow's tag for a run's (or an experiment's) description."""
+
+
+def _outcome_tags(stage: str, out: Path) -> dict[str, str]:
+    """Tags of what a finished stage was: a training's method and best checkpoint, a
+    selection's threshold and size; the run's description (said loudly when a model called
+    CIRL trained as plain BCE)."""
+    from cirl.method.trained import trained_as
+
+    tags: dict[str, str] = {}
+    if stage == "train" and (out / "config.json").is_file():
+        config = json.loads((out / "config.json").read_text())
+        method = trained_as(config.get("train"), config.get("selection"))
+        tags[Tag.METHOD] = method.label
+        if (out / "best.pt").is_file():
+            from cirl.hashing import file_sha256
+
+            tags[Tag.BEST_CHECKPOINT_SHA256] = file_sha256(out / "best.pt")
+        tags[NOTE] = method.label + (f"\n\nWARNING: {method.warning}" if method.warning else "")
+        if method.warning:
+            tags[Tag.METHOD_WARNING] = method.warning
+    elif stage == "select" and (out / "summary.json").is_file():
+        summary = json.loads((out / "summary.json").read_text())
+        fraction = float(summary.get("selected_fraction") or 0.0)
+        tags[Tag.SELECTION_THRESHOLD] = str(summary.get("threshold"))
+        tags[Tag.SELECTED_FRACTION] = repr(fraction)
+        text = (
+            f"Ambiguous pixels A: {fraction:.2%} of the marginal ring ({summary.get('rule')} rule,"
+            f" threshold {summary.get('threshold')})."
+        )
+        warnings = summary.get("warnings") or []
+        tags[NOTE] = "\n\n".join([text, *(f"WARNING: {w}" for w in warnings)])
+        if warnings:
+            tags[Tag.METHOD_WARNING] = warnings[0]
+    return tags
 
 
 def _params(cfg: Any) -> dict[str, str]:

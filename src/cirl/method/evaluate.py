@@ -19,7 +19,7 @@ Output folder (written to a temporary folder, moved into place when complete)::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -154,11 +154,17 @@ def run(
             "model_config": payload["model_config"],
             "train_config": payload.get("config"),
             "checkpoint_epoch": int(payload.get("epoch", -1)) + 1,
+            # what phase II's selection was (an empty one trains plain BCE): cirl.method.trained
+            "selection": (payload.get("provenance") or {}).get("selection"),
             "data": str(data),
             "manifest_sha256": file_sha256(manifest),
             "cirl_version": __version__,
         },
     }
+    if overlays:
+        picks = {stem: name for stem, (name, _) in overlays.items()}
+        extra["overlays"] = overlay_captions(dataset, metrics, picks)
+        overlays = {stem: picture for stem, (_, picture) in overlays.items()}
     if tolerant is not None:
         extra["tolerant"] = tolerant.summary()
     if cfg.calibrate not in ("none", cfg.split) and len(metrics):
@@ -172,24 +178,52 @@ def run(
 
 def _overlays(
     cfg: EvaluateConfig, model: Any, device: Any, dataset: Any, metrics: Any, by_name: dict
-) -> dict[str, np.ndarray]:
-    """The best and worst tiles drawn: prediction, truth and the ignored border."""
+) -> dict[str, tuple[str, np.ndarray]]:
+    """The best and worst tiles drawn (stem -> tile name, picture): prediction, truth and the
+    ignored border."""
     from cirl.method.report import render_overlay, select_overlay_names
     from cirl.models.inference import predict_prob
 
     overlays = {}
-    for stem, name in select_overlay_names(metrics.per_image(), cfg.overlays).items():
+    sources = {r.tile_id: r.source_id for r in dataset.records}
+    picks = select_overlay_names(metrics.per_image(), cfg.overlays, groups=sources)
+    for stem, name in picks.items():
         item = dataset[by_name[name]]
         prob = predict_prob(model, item["image"][None].to(device))[0, 0].cpu().numpy()
         rgb = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        overlays[stem] = render_overlay(
-            np.ascontiguousarray(rgb[:, :, ::-1]),
-            prob,
-            item["mask"][0].numpy() > 0.5,
-            item["valid"][0].numpy() > 0.5,
-            cfg.threshold,
+        overlays[stem] = (
+            name,
+            render_overlay(
+                np.ascontiguousarray(rgb[:, :, ::-1]),
+                prob,
+                item["mask"][0].numpy() > 0.5,
+                item["valid"][0].numpy() > 0.5,
+                cfg.threshold,
+            ),
         )
     return overlays
+
+
+def overlay_captions(dataset: Any, metrics: Any, picks: Mapping[str, str]) -> list[dict]:
+    """What the report says under each overlay: which tile of which photo, and its scores."""
+    records = {r.tile_id: r for r in dataset.records}
+    rows = {row["name"]: row for row in metrics.per_image()}
+    captions = []
+    for stem, name in picks.items():
+        kind, rank, _ = stem.split("_", 2)
+        record, row = records.get(name), rows[name]
+        captions.append(
+            {
+                "file": f"overlays/{stem}.png",
+                "kind": kind,
+                "rank": int(rank),
+                "tile": name,
+                "photo": record.source_file if record else None,
+                "box": [record.x0, record.y0, record.x1, record.y1] if record else None,
+                **{k: row[k] for k in ("f1", "precision", "recall", "crack_pixels")},
+            }
+        )
+    return captions
 
 
 def calibrate(cfg: EvaluateConfig, data: Path, model, device, scored, progress: bool) -> dict:

@@ -21,6 +21,8 @@ Output folder (written to a temporary folder and moved into place when complete)
     pr_curve.png                  the pooled PR curve with the ODS point
     overlays/<stem>.png           best_XX_<name> / worst_XX_<name>: photo | probability |
                                   hits green, false positives red, misses blue
+    report.html                   the page of all of it, images linked
+                                  (:func:`cirl.method.pages.evaluation_page`)
 """
 
 from __future__ import annotations
@@ -61,7 +63,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def select_overlay_names(
-    per_image: Sequence[Mapping], n: int, skip_empty_truth: bool = True
+    per_image: Sequence[Mapping],
+    n: int,
+    skip_empty_truth: bool = True,
+    groups: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Pick the best and worst ``n`` images by F1 at the operating threshold.
 
@@ -70,6 +75,9 @@ def select_overlay_names(
         n: images per end; fewer when the split is small (an image may be both best and worst).
         skip_empty_truth: leave out images without crack pixels, which under the JTFN rule
             score F1 = 0 even when perfect and would crowd the worst end.
+        groups: image name -> the photo it was cut from: each end then shows one tile per
+            photo first (tiles of one photo only when there are fewer photos than ``n``), so
+            four "worst" strips are not four tiles of the same photo.
 
     Returns:
         Overlay file stem (``best_01_<name>``, ``worst_01_<name>``, name made file-safe) ->
@@ -78,14 +86,28 @@ def select_overlay_names(
     if n < 0:
         raise ValueError(f"overlay count must be >= 0, got {n}")
     rows = [r for r in per_image if r["crack_pixels"] > 0 or not skip_empty_truth]
-    best = sorted(rows, key=lambda r: (-r["f1"], r["name"]))[:n]
-    worst = sorted(rows, key=lambda r: (r["f1"], r["name"]))[:n]
+    best = _spread(sorted(rows, key=lambda r: (-r["f1"], r["name"])), n, groups)
+    worst = _spread(sorted(rows, key=lambda r: (r["f1"], r["name"])), n, groups)
     picks: dict[str, str] = {}
     for label, chosen in (("best", best), ("worst", worst)):
         for rank, row in enumerate(chosen, start=1):
             safe = _UNSAFE.sub("_", str(row["name"])).strip("._") or "image"
             picks[f"{label}_{rank:02d}_{safe}"] = row["name"]
     return picks
+
+
+def _spread(ranked: list[Mapping], n: int, groups: Mapping[str, str] | None) -> list[Mapping]:
+    """The first ``n`` of ``ranked``, one per group first, in rank order."""
+    if not groups:
+        return ranked[:n]
+    first, rest, seen = [], [], set()
+    for row in ranked:
+        group = groups.get(row["name"], row["name"])
+        (rest if group in seen else first).append(row)
+        seen.add(group)
+    chosen = (first + rest)[:n]
+    order = {id(row): i for i, row in enumerate(ranked)}
+    return sorted(chosen, key=lambda row: order[id(row)])
 
 
 def render_overlay(
@@ -263,6 +285,9 @@ def write_report_into(
             path = folder / "overlays" / f"{stem}.png"
             if not cv2.imwrite(str(path), np.asarray(picture)):
                 raise CirlError(f"could not write overlay {path}; check the disk and folder")
+    from cirl.method.pages import PAGE, evaluation_page
+
+    evaluation_page(folder).write(folder / PAGE)
     return summary
 
 

@@ -20,7 +20,10 @@ Output folder::
     selection.csv             tile_id, marginal_pixels, selected_pixels, selected_fraction
     summary.json              gamma used, kernel, totals, quantiles of sigma^2 on M, warnings,
                               the checkpoint and its SHA-256
-    overview.png              image, truth, variance and A for a few tiles (the paper's Fig. 2)
+    overview.png              image, truth, variance and A for a few tiles (the paper's Fig. 2),
+                              with the variance's colour bar
+    report.html               the selection's page: warnings, numbers, overview
+                              (:func:`cirl.method.pages.selection_page`)
 
 The threshold is ``gamma`` (the paper's 0.4) unless ``fraction`` > 0: then gamma is set to the
 variance above which that fraction of the ring's pixels lies on this split, for models whose
@@ -182,22 +185,72 @@ def select_ambiguous(
     return (variance > gamma) & marginal, marginal, variance
 
 
-def _overview(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-    """A grid: one row per tile of photo, truth, variance heat map (log), A over the photo."""
+# the overview's colour scale: log10 of the score from LOW (blue) to HIGH (red)
+_SCALE = {"variance": (-4.0, 1.0), "error": (-4.0, 0.0)}
+
+
+def _overview(
+    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    rule: str = "variance",
+    threshold: float | None = None,
+) -> np.ndarray:
+    """A grid, one row per tile: photo | truth | score heat map (log) | M and A over the photo;
+    a colour bar of the heat map's scale at the right, the threshold marked on it."""
+    low, high = _SCALE.get(rule, _SCALE["variance"])
     panels = []
-    for image, mask, variance, ambiguous in rows:
+    for image, mask, score, ambiguous, marginal in rows:
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         truth = cv2.cvtColor(mask.astype(np.uint8) * 255, cv2.COLOR_GRAY2BGR)
-        # log scale: sigma^2 from 1e-4 (blue) to 10 (red)
-        level = (np.log10(np.maximum(variance, 1e-4)) + 4.0) / 5.0
+        level = (np.log10(np.maximum(score, 10.0**low)) - low) / (high - low)
         heat = cv2.applyColorMap((np.clip(level, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
-        over = (bgr * 0.5).astype(np.uint8)
-        over[mask] = (255, 255, 255)
-        over[ambiguous] = (0, 0, 255)
+        over = (bgr * 0.45).astype(np.uint8)
+        over[marginal] = (0, 200, 230)  # the ring M: yellow
+        over[ambiguous] = (0, 0, 255)  # A: red
+        if not ambiguous.any():
+            _label(over, "A empty")
         panels.append(np.hstack([bgr, truth, heat, over]))
     width = max(p.shape[1] for p in panels)
     panels = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0))) for p in panels]
-    return np.vstack(panels)
+    grid = np.vstack(panels)
+    if grid.shape[0] < 140:  # room for a readable bar under small tiles
+        grid = np.pad(grid, ((0, 140 - grid.shape[0]), (0, 0), (0, 0)), constant_values=255)
+    return np.hstack([grid, _colour_bar(grid.shape[0], low, high, threshold)])
+
+
+def _label(picture: np.ndarray, text: str) -> None:
+    """White text with a dark outline in the top-left corner."""
+    scale = max(0.5, picture.shape[1] / 400)
+    at = (int(10 * scale), int(30 * scale))
+    thick = max(1, round(2 * scale))
+    cv2.putText(picture, text, at, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 3)
+    cv2.putText(picture, text, at, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick)
+
+
+def _colour_bar(height: int, low: float, high: float, threshold: float | None) -> np.ndarray:
+    """A vertical bar of the heat map's colours (high at the top), labelled by decade, the
+    threshold drawn as a white line."""
+    bar_h = min(height - 20, 512)
+    top = (height - bar_h) // 2
+    column = np.linspace(1.0, 0.0, bar_h)[:, None]
+    colours = cv2.applyColorMap((column * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    out = np.full((height, 110, 3), 255, np.uint8)
+    out[top : top + bar_h, 8:30] = np.repeat(colours, 22, axis=1)
+
+    def y_of(value: float) -> int:
+        return top + round((high - value) / (high - low) * (bar_h - 1))
+
+    for decade in range(int(low), int(high) + 1):
+        y = y_of(decade)
+        cv2.line(out, (30, y), (36, y), (0, 0, 0), 1)
+        cv2.putText(out, f"1e{decade}", (39, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1)
+    if threshold is not None and threshold > 0:
+        y = y_of(float(np.clip(np.log10(threshold), low, high)))
+        cv2.line(out, (4, y), (34, y), (255, 255, 255), 3)
+        cv2.line(out, (4, y), (34, y), (0, 0, 0), 1)
+        cv2.putText(
+            out, f"{threshold:.3g}", (39, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 160), 1
+        )
+    return out
 
 
 @torch.no_grad()
@@ -344,7 +397,11 @@ def run(
             )
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if totals.preview:
-            cv2.imwrite(str(tmp / "overview.png"), _overview(totals.preview))
+            overview = _overview(totals.preview, cfg.rule, threshold)
+            cv2.imwrite(str(tmp / "overview.png"), overview)
+        from cirl.method.pages import PAGE, selection_page
+
+        selection_page(tmp).write(tmp / PAGE)
     return SelectResult(out, len(dataset), totals.m, totals.a, threshold, tuple(warnings))
 
 
@@ -454,7 +511,7 @@ def _threshold_tiles(
         writer.writerow([tile_id, n_m, n_a, f"{n_a / n_m if n_m else 0.0:.6f}"])
         if len(preview) < cfg.overview and variance is not None:
             image = (item["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-            preview.append((image, mask, variance, ambiguous))
+            preview.append((image, mask, variance, ambiguous, marginal))
     (tmp / "selection.csv").write_text(csv_buf.getvalue())
     return SimpleNamespace(m=total_m, a=total_a, crack_a=crack_a, preview=preview)
 

@@ -225,6 +225,11 @@ def _start_model(cfg: TrainConfig, data: Path, init: Any, ambiguity: Any) -> tup
         "ambiguity": str(ambiguity) if ambiguity else None,
         "cirl_version": __version__,
     }
+    if ambiguity is not None and (Path(ambiguity) / "summary.json").is_file():
+        from cirl.method.trained import selection_record
+
+        summary = json.loads((Path(ambiguity) / "summary.json").read_text())
+        provenance["selection"] = selection_record(summary)
     if init is not None:
         payload = load_checkpoint(init)
         if payload["model_config"]["name"] != cfg.model:

@@ -19,7 +19,7 @@ from typing import Any
 from cirl.errors import CirlError
 from cirl.lineage.schema import Tag
 from cirl.orchestration.package import _package_default, load_package
-from cirl.orchestration.summary import _plain
+from cirl.orchestration.summary import _plain, method_warning
 
 # Pipeline output -> stable name under ``out`` (a symlink to the artifact; cached tasks'
 # artifacts live in the run that made them).
@@ -27,13 +27,16 @@ LINKS = {
     "dataset": "prepared",
     "phase1": "phase1",
     "ambiguity": "select",
-    "selection_report": "select.html",
     "phase2": "phase2",
     "evaluation": "eval",
-    "report": "report.html",
     "onnx": "export",
     "registration": "registration",
 }
+
+# The pages under ``out``: real .html files (a browser types a symlink by its target's name,
+# and KFP's HTML artifacts have none), read from the stage folder's linked page, else the
+# task's embedded one. Page name -> (linked stage folder, the task's HTML output).
+PAGES = {"report.html": ("eval", "report"), "select.html": ("select", "selection_report")}
 
 
 # The optional baseline branch has no pipeline output (a conditional one); found in the run.
@@ -55,6 +58,7 @@ class LocalRun:
     reused: list[str] = dataclasses.field(default_factory=list)
     parent_run_id: str | None = None
     registration: dict | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def _quiet_kfp_warnings() -> None:
@@ -198,6 +202,7 @@ def run_local(
     links, reused = _link_outputs(task, out, run_dir)
     metrics = _scores(out, links)
     registration = out / "registration" / "registration.json"
+    warning = method_warning(out)
     record.update(
         status="succeeded",
         run_dir=str(run_dir.resolve()),
@@ -206,9 +211,22 @@ def run_local(
         reused=reused,
         metrics=metrics,
         registration=json.loads(registration.read_text()) if registration.is_file() else None,
+        warnings=[warning] if warning else [],
     )
     _write_record(out, record)
-    return LocalRun(out, run_dir, links, metrics, seconds, reused, parent, record["registration"])
+    for message in record["warnings"]:
+        print(f"warning: {message}", file=sys.stderr)
+    return LocalRun(
+        out,
+        run_dir,
+        links,
+        metrics,
+        seconds,
+        reused,
+        parent,
+        record["registration"],
+        record["warnings"],
+    )
 
 
 def _runner(runner: str, arguments: Mapping[str, Any], tracking: Any) -> Any:
@@ -295,12 +313,35 @@ def _link_outputs(task: Any, out: Path, run_dir: Path) -> tuple[dict[str, str], 
             links[name] = str(target)
         elif (out / name).is_symlink():
             (out / name).unlink()  # a baseline of an earlier run is not this run's
+    _write_pages(task, out, links)
     model = out / "export" / "model.onnx"
     if model.is_file():
         _link(model, out / "model.onnx")
         _link(model.with_name("model.onnx.json"), out / "model.onnx.json")
         links["model.onnx"] = str(model)
     return links, reused
+
+
+def _write_pages(task: Any, out: Path, links: dict[str, str]) -> None:
+    """``out/report.html`` and ``out/select.html`` as files a browser opens as pages."""
+    import shutil
+
+    from cirl.method.pages import PAGE
+    from cirl.pages import rebase
+    from cirl.staging import staged_file
+
+    for name, (folder, output) in PAGES.items():
+        page, target = out / folder / PAGE, out / name
+        if target.is_symlink():  # the link an earlier version made
+            target.unlink()
+        if folder in links and page.is_file():
+            rebase(page, target)
+        elif output in task.outputs and Path(task.outputs[output].path).is_file():
+            with staged_file(target) as tmp:  # a cached task of an earlier version
+                shutil.copyfile(task.outputs[output].path, tmp)
+        else:
+            continue
+        links[name] = str(target)
 
 
 def _scores(out: Path, links: Mapping[str, str]) -> dict[str, dict]:

@@ -22,12 +22,19 @@ def summary_text(out: str | os.PathLike) -> str:
             f"{record.get('error', '')}\n  task outputs so far: {record.get('run_dir')}\n"
             "  fix the cause and rerun with --cache: finished tasks are reused"
         )
+    from cirl.method.trained import trained_as
+
     lines = [f"cirl pipeline run in {out} ({record['seconds']:.0f} s, runner {record['runner']})"]
-    for name, label in (("eval", "CIRL"), ("baseline-eval", "BCE baseline")):
+    warning = method_warning(out)
+    if warning:
+        lines.append(f"  WARNING: {warning}")
+    for name in ("eval", "baseline-eval"):
         scores = record["metrics"].get(name)
         if not scores:
             continue
         metrics = json.loads((out / name / "metrics.json").read_text())
+        provenance = metrics.get("provenance") or {}
+        label = trained_as(provenance.get("train_config"), provenance.get("selection")).label
         ods = scores.get("ods")
         ods = ods.get("f1") if isinstance(ods, dict) else ods
         lines.append(
@@ -80,8 +87,23 @@ def summary_text(out: str | os.PathLike) -> str:
         name = registration["name"]
         lines.append(f"    cirl audit models:/{name}@champion   (lineage of the deployed model)")
     if (out / "predict").is_dir():
-        lines.append(f"    ls {out / 'predict'}   (NAME_overlay.jpg: cracks in red)")
+        lines.append(
+            f"    ls {out / 'predict'}   (NAME_overlay.jpg: numbered cracks, rows of "
+            "NAME_cracks.csv)"
+        )
     return "\n".join(lines)
+
+
+def method_warning(out: str | os.PathLike) -> str | None:
+    """Why the run's model is not what its name says (a phase II that trained as plain BCE),
+    from the evaluation's record of the scored checkpoint; None when it is."""
+    from cirl.method.trained import trained_as
+
+    try:
+        provenance = json.loads((Path(out) / "eval" / "metrics.json").read_text())["provenance"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return trained_as(provenance.get("train_config"), provenance.get("selection")).warning
 
 
 def selection_lines(out: Path) -> list[str]:
@@ -104,11 +126,12 @@ def selection_lines(out: Path) -> list[str]:
         ]
     if fraction > 0:
         return [f"  ambiguous pixels: A = {fraction:.1%} of the marginal ring ({summary['rule']})"]
+    from cirl.method.trained import selection_record, trained_as
+
+    method = trained_as({**train, "phase": 2}, selection_record(summary))
+    top = method_warning(out)
     return [
-        f"  WARNING: the selection picked no pixel ({summary.get('rule')} rule, threshold "
-        f"{summary.get('threshold')}): phase II trained as plain BCE, so this model is not "
-        "CIRL's. Lower select.gamma, use select.rule error, or train.selection online "
-        "(docs/method.md)",
+        f"  WARNING: {method.warning}" if method.warning != top else "  ambiguous pixels: none",
         *(f"    {w}" for w in summary.get("warnings", [])),
     ]
 

@@ -64,16 +64,22 @@ def open_run(
 
 
 def close_run(tracking: TrackingParams, parent_run_id: str) -> None:
-    """End the pipeline's parent run FINISHED: the last task, after registration.
+    """End the pipeline's parent run FINISHED: the last task, after registration; first its
+    stages' headline results are rolled up to it (:func:`cirl.lineage.rollup.roll_up`).
 
     A stage that fails ends the parent run FAILED itself (see :func:`_tracked`); a rerun that
     completes (KFP's retry, or ``cirl pipeline run --cache``) ends it FINISHED here.
     """
     from cirl.lineage import tracking as layer
+    from cirl.lineage.rollup import roll_up
 
     cfg = tracking_config(tracking)
     if cfg is None or not cfg.track or not parent_run_id:
         return
+    summary = roll_up(parent_run_id, cfg)
+    warning = summary["tags"].get(Tag.METHOD_WARNING)
+    if warning:
+        print(f"close-run: WARNING: {warning}", file=sys.stderr)
     layer.end_pipeline_run(parent_run_id, cfg)
 
 

@@ -16,7 +16,7 @@ from cirl.orchestration.task_base import (
     stage_config,
     tracking_config,
 )
-from cirl.orchestration.task_reports import _img_tag, _write_html
+from cirl.orchestration.task_reports import write_page
 
 
 def _sweep_configs(params, train_params, select_params) -> tuple[Any, Any, Any]:
@@ -85,12 +85,19 @@ def sweep_report(
     report.metadata.update(counts)
     summary = {**counts, "best": result.best}
     if page is not None:
-        body = ""
+        from cirl.pages import Page
+
+        sheet = Page(f"Sweep {cfg.study}", folder, embed=True)
         best_md = folder / "best.md"
         if best_md.is_file():
-            body += f"<pre>{html.escape(best_md.read_text())}</pre>"
-        for name in ("sensitivity.png", "importance.png"):
+            sheet.raw(f"<pre>{html.escape(best_md.read_text())}</pre>")
+        for name, caption in (
+            ("sensitivity.png", "each parameter against the trials' objective"),
+            ("importance.png", "the parameters' importance to the objective (fANOVA)"),
+        ):
             if (folder / name).is_file():
-                body += _img_tag(folder / name, 900)
-        _write_html(page, f"Sweep {cfg.study}", body or "<p>no completed trial</p>")
+                sheet.image(folder / name, caption)
+        if not sheet._blocks:
+            sheet.paragraph("No completed trial.")
+        write_page(page, sheet)
     return summary

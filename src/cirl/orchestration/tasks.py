@@ -26,7 +26,6 @@ as the components call them (``tasks.register``, ``tasks.sweep_worker``).
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,7 +39,7 @@ from cirl.orchestration.task_base import (
     _tracked,
     stage_config,
 )
-from cirl.orchestration.task_reports import _img_tag, _table, _write_html, calibration_sentence
+from cirl.orchestration.task_reports import write_page
 
 
 def prepare(
@@ -160,15 +159,9 @@ def select(
     summary = result.summary()
     ambiguity.metadata.update(summary)
     if report is not None:
-        body = "".join(
-            f"<p style='color:#a00;font-weight:bold'>Warning: {html.escape(w)}</p>"
-            for w in summary.get("warnings", [])
-        )
-        body += _table({k: v for k, v in summary.items() if k != "warnings"})
-        overview = out / "overview.png"
-        if overview.is_file():
-            body += "<h2>Photo, truth, log-variance, A</h2>" + _img_tag(overview)
-        _write_html(report, "Ambiguous-region selection", body)
+        from cirl.method.pages import selection_page
+
+        write_page(report, selection_page(out, embed=True))
     return summary
 
 
@@ -214,19 +207,9 @@ def evaluate(
         for key, value in scores.items():
             metrics.log_metric(f"{cfg.split}_{key}", value)
     if report is not None:
-        body = f"<p>{html.escape(str(summary.get('protocol', '')))}</p>" + _table(scores)
-        body += f"<p>{html.escape(calibration_sentence(summary))}</p>"
-        curve = out / "pr_curve.png"
-        if curve.is_file():
-            body += "<h2>Precision-recall</h2>" + _img_tag(curve, 480)
-        overlays = sorted((out / "overlays").glob("*")) if (out / "overlays").is_dir() else []
-        if overlays:
-            body += (
-                "<h2>Best and worst images</h2><p>photo | probability | hits green, false "
-                "positives red, misses blue</p>"
-            )
-            body += "".join(f"<p>{_img_tag(p)}</p>" for p in overlays)
-        _write_html(report, f"Evaluation on the {cfg.split} split", body)
+        from cirl.method.pages import evaluation_page
+
+        write_page(report, evaluation_page(out, embed=True))
     return summary
 
 
