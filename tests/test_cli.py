@@ -1,5 +1,6 @@
 """Contract tier: the command line's help, options and error handling."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -25,12 +26,23 @@ SUBCOMMANDS = [
 ]
 
 
+def _commands(parser, path=()):
+    """Every subcommand, nested ones (``pipeline run``) included, walked from the parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield (*path, name)
+                yield from _commands(child, (*path, name))
+
+
 def test_every_subcommand_has_help(capsys):
-    for name in SUBCOMMANDS:
+    commands = list(_commands(build_parser()))
+    assert ("pipeline", "show") in commands and len(commands) > len(SUBCOMMANDS)
+    for words in commands:
         with pytest.raises(SystemExit) as exc:
-            main([name, "--help"])
+            main([*words, "--help"])
         assert exc.value.code == 0
-        assert "usage: cirl " + name in capsys.readouterr().out
+        assert "usage: cirl " + " ".join(words) in capsys.readouterr().out
 
 
 def test_all_subcommands_are_known():

@@ -22,9 +22,17 @@ from collections.abc import Callable, Sequence
 
 from cirl import __version__
 from cirl.errors import CirlError
-from cirl.orchestration.cli_options import Command, config_options, resolved_config
+from cirl.orchestration.cli_options import (
+    Command,
+    HelpFormatter,
+    Parser,
+    add_help,
+    config_options,
+    inputs_first,
+    resolved_config,
+)
 from cirl.orchestration.cli_pipeline import _add_extra_commands
-from cirl.orchestration.cli_stages import COMMANDS
+from cirl.orchestration.cli_stages import COMMANDS, MAKE_RUN_COMMANDS, SECTIONS
 
 
 def _dispatch(command: Command) -> Callable[[argparse.Namespace], int]:
@@ -36,29 +44,54 @@ def _dispatch(command: Command) -> Callable[[argparse.Namespace], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``cirl`` command (all subcommands)."""
-    parser = argparse.ArgumentParser(
+    """The argument parser of the ``cirl`` command (all subcommands).
+
+    Each help page lists the command's inputs and outputs, then its parameters in titled groups
+    (:data:`~cirl.orchestration.cli_stages.SECTIONS`) with the defaults that apply: those of a
+    ``--params`` file given with ``--help`` (marked as such), else the built-in ones.
+    """
+    parser = Parser(
         prog="cirl",
         description="Crack segmentation with CIRL (CVPR 2024): data, training, evaluation, export.",
+        epilog="cirl COMMAND --help lists a command's options; with --params FILE, the "
+        "defaults it takes from FILE.",
+        formatter_class=HelpFormatter,
+        add_help=False,
     )
+    parser._positionals.title = "commands"
+    add_help(parser)
     parser.add_argument("--version", action="version", version=f"cirl {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        p = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description,
+            formatter_class=HelpFormatter,
+            add_help=False,
+        )
+        add_help(p, full=command.group is not None)
+        inputs = p.add_argument_group("inputs and outputs")
         for a in command.args:
-            p.add_argument(*a.flags, **a.options)
+            options = dict(a.options)
+            flags_only = options.get("action") in ("store_true", "store_false")
+            text = options.get("help")
+            if text and options.get("default") is not None and "(default" not in text:
+                options["help"] = f"{text} (default: {options['default']})"
+            (p if flags_only else inputs).add_argument(*a.flags, **options)
         if command.quiet:
             p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         if command.group:
             p.add_argument(
                 "--params",
                 metavar="FILE",
-                help="params.yaml whose group for this stage sets defaults (flags override it)",
+                help="defaults from this params.yaml (flags override them)",
             )
-            config_options(p, _config_class(command.group))
-            for extra in command.extra_groups:
-                config_options(p, _config_class(extra))
+            for group in (command.group, *command.extra_groups):
+                config_options(p, _config_class(group), group, SECTIONS.get(group, ()))
+            p.cirl_make_run = command.name in MAKE_RUN_COMMANDS
+        inputs_first(p)  # then the general options, then the parameters
         p.set_defaults(handler=_dispatch(command), reads_out=not command.locks_out)
     _add_extra_commands(sub)
     return parser

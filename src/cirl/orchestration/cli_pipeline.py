@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from cirl.errors import CirlError
-from cirl.orchestration.cli_options import _print_json
+from cirl.orchestration.cli_options import HelpFormatter, _print_json, add_help, inputs_first
 
 
 def _pipeline_arguments(args: argparse.Namespace) -> dict:
@@ -80,6 +80,7 @@ def _cmd_pipeline_run(args: argparse.Namespace) -> int:
             "metrics": result.metrics,
             "mlflow_run_id": result.parent_run_id,
             "registration": result.registration,
+            "warnings": result.warnings,
         }
     )
     return 0
@@ -135,41 +136,62 @@ def _cmd_pipeline_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-def common(q: argparse.ArgumentParser, source_help: str) -> None:
-    """The options every verb that starts a run takes: source, package, parameters, image."""
-    q.add_argument("--source", metavar="DIR_OR_URI", help=source_help)
-    q.add_argument(
+# Where `make run` writes (the Makefile's RUNS): `pipeline run` writes there and `pipeline show`
+# reads there unless --out says otherwise, so that the two agree with each other and with make.
+DEFAULT_RUN_DIR = "runs/synth"
+
+
+def _verb_parser(verbs: argparse._SubParsersAction, name: str, **kwargs: Any):
+    q = verbs.add_parser(name, formatter_class=HelpFormatter, add_help=False, **kwargs)
+    add_help(q)
+    return q
+
+
+def common(q: argparse.ArgumentParser, source_help: str) -> dict[str, Any]:
+    """The options every verb that starts a run takes: source, package, parameters, image.
+    Returns the argument groups by name (``inputs``, ``parameters``, ``code``), for the verb's
+    own options."""
+    inputs = q.add_argument_group("inputs and outputs")
+    inputs.add_argument("--source", metavar="DIR_OR_URI", help=source_help)
+    inputs.add_argument(
         "--source-format",
         choices=("folder", "cfd", "drive"),
-        help="raw layout of --source (default folder)",
+        help="raw layout of --source (default: folder)",
     )
-    q.add_argument(
+    inputs.add_argument(
         "--package",
         default=None,
         metavar="YAML",
         help="compiled pipeline (default: pipelines/training.yaml here, else the one "
         "shipped with cirl)",
     )
-    q.add_argument("--params", metavar="FILE", help="params.yaml: one group per stage")
-    q.add_argument(
+    parameters = q.add_argument_group(
+        "stage parameters",
+        "the package's compiled defaults (params.yaml when it was compiled), then --params, "
+        "then --set",
+    )
+    parameters.add_argument("--params", metavar="FILE", help="params.yaml: one group per stage")
+    parameters.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="GROUP.KEY=VALUE",
         help="override one stage parameter, e.g. train.epochs=5 (repeatable)",
     )
-    q.add_argument(
+    parameters.add_argument(
         "--baseline",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="also train and evaluate the plain BCE baseline",
+        help="also train and evaluate the plain BCE baseline (default: off)",
     )
-    q.add_argument("--image", help="run every task on this image (a digest on a cluster)")
-    q.add_argument(
+    code = q.add_argument_group("code and image")
+    code.add_argument("--image", help="run every task on this image (a digest on a cluster)")
+    code.add_argument(
         "--code-version",
         help="recorded code version (default: the --image digest, else a hash of the "
         "package source)",
     )
+    return {"inputs": inputs, "parameters": parameters, "code": code}
 
 
 def _add_extra_commands(sub: argparse._SubParsersAction) -> None:
@@ -183,10 +205,16 @@ def _add_extra_commands(sub: argparse._SubParsersAction) -> None:
             "endpoint. Stage parameters come from --params (one group per stage) and --set "
             "GROUP.KEY=VALUE; the package's compiled defaults otherwise."
         ),
+        epilog="cirl pipeline VERB --help lists a verb's options.",
+        formatter_class=HelpFormatter,
+        add_help=False,
     )
+    add_help(p)
+    p._positionals.title = "verbs"
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    q = verbs.add_parser(
+    q = _verb_parser(
+        verbs,
         "run",
         help="run the pipeline on this machine (KFP local runner)",
         description=(
@@ -195,28 +223,42 @@ def _add_extra_commands(sub: argparse._SubParsersAction) -> None:
             "link to the latest run's, and OUT/pipeline_run.json records the run."
         ),
     )
-    common(q, "raw dataset folder or s3://bucket/prefix")
-    q.add_argument("--out", default="runs/pipeline", metavar="DIR", help="run folder")
-    q.add_argument(
+    groups = common(q, "raw dataset folder or s3://bucket/prefix")
+    groups["inputs"].add_argument(
+        "--out",
+        default=DEFAULT_RUN_DIR,
+        metavar="DIR",
+        help=f"run folder (default: {DEFAULT_RUN_DIR}, where make run writes)",
+    )
+    runner = q.add_argument_group("local runner")
+    runner.add_argument(
         "--runner",
         choices=("subprocess", "docker"),
         default="subprocess",
         help="subprocess: tasks as processes of this environment (default); docker: in the "
         "image, through podman's Docker-compatible socket (DOCKER_HOST)",
     )
-    q.add_argument(
+    runner.add_argument(
         "--cache",
         action="store_true",
         help="reuse finished tasks of earlier runs with the same inputs and code",
     )
+    inputs_first(q)
     q.set_defaults(handler=_cmd_pipeline_run)
 
-    q = verbs.add_parser(
+    q = _verb_parser(
+        verbs,
         "show",
         help="summarise a local run: scores, where the outputs are, how to look at them",
         description="Print a short summary of OUT/pipeline_run.json and the outputs.",
     )
-    q.add_argument("--out", default="runs/pipeline", metavar="DIR", help="run folder")
+    q.add_argument_group("inputs and outputs").add_argument(
+        "--out",
+        default=DEFAULT_RUN_DIR,
+        metavar="DIR",
+        help=f"run folder (default: {DEFAULT_RUN_DIR}, where make run and pipeline run write)",
+    )
+    inputs_first(q)
     q.set_defaults(handler=_cmd_pipeline_show, reads_out=True)
 
     _add_cluster_verbs(verbs)
@@ -228,20 +270,31 @@ def _add_cluster_verbs(verbs: argparse._SubParsersAction) -> None:
         ("submit", "start one run on a Kubeflow Pipelines endpoint"),
         ("schedule", "create a recurring run on a Kubeflow Pipelines endpoint"),
     ):
-        q = verbs.add_parser(verb, help=text, description=text + ".")
+        q = _verb_parser(verbs, verb, help=text, description=text + ".")
         common(q, "s3://bucket/prefix of the raw photos (readable from the cluster)")
-        q.add_argument("--host", help="KFP endpoint URL (default $KFP_HOST)")
-        q.add_argument("--token", help="bearer token (default $KFP_TOKEN)")
-        q.add_argument("--namespace", help="Kubeflow namespace (multi-user deployments)")
-        q.add_argument("--experiment", default="cirl", help="experiment name (created if absent)")
+        endpoint = q.add_argument_group("Kubeflow endpoint")
+        endpoint.add_argument("--host", help="KFP endpoint URL (default: $KFP_HOST)")
+        endpoint.add_argument("--token", help="bearer token (default: $KFP_TOKEN)")
+        endpoint.add_argument("--namespace", help="Kubeflow namespace (multi-user deployments)")
+        endpoint.add_argument(
+            "--experiment",
+            default="cirl",
+            help="experiment name, created if absent (default: cirl)",
+        )
+        inputs_first(q)
+        run = q.add_argument_group("the run" if verb == "submit" else "the schedule")
         if verb == "submit":
-            q.add_argument("--run-name", help="run name (default: cirl-training and the time)")
+            run.add_argument("--run-name", help="run name (default: cirl-training and the time)")
             q.set_defaults(handler=_cmd_pipeline_submit)
         else:
-            q.add_argument(
+            run.add_argument(
                 "--cron",
                 required=True,
                 help="six fields, seconds first: '0 0 2 * * *' is every day at 02:00",
             )
-            q.add_argument("--name", default="cirl-training-scheduled", help="recurring run name")
+            run.add_argument(
+                "--name",
+                default="cirl-training-scheduled",
+                help="recurring run name (default: cirl-training-scheduled)",
+            )
             q.set_defaults(handler=_cmd_pipeline_schedule)

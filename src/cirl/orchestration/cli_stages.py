@@ -1,5 +1,6 @@
 """The stage commands (``cirl synth`` ... ``cirl sweep``): each a thin adapter over its
-stage's ``run``, tracked when asked, printing one JSON summary; :data:`COMMANDS` declares them.
+stage's ``run``, tracked when asked, printing one JSON summary; :data:`COMMANDS` declares them,
+:data:`SECTIONS` groups their parameters on the help pages.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from cirl.lineage import schema
 from cirl.lineage.schema import Tag
-from cirl.orchestration.cli_options import Command, _print_json, arg, resolved_config
+from cirl.orchestration.cli_options import Command, Section, _print_json, arg, resolved_config
 
 
 @contextlib.contextmanager
@@ -248,6 +249,91 @@ def _cmd_sweep(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+# The commands whose parameters `make run` takes from params.yaml: those it calls with --params
+# and the stages of the pipeline it runs (tests/test_help.py reads them off the Makefile).
+MAKE_RUN_COMMANDS = frozenset(
+    {"synth", "prepare", "train", "select", "evaluate", "export", "register", "predict", "audit"}
+)
+
+# How each config group's options are grouped on the help pages, in this order (a field left out
+# here is listed last, under "other GROUP parameters"; titles are distinct on every page). Expert
+# sections show one line per option in --help and are described in full by --help-all.
+SECTIONS: dict[str, tuple[Section, ...]] = {
+    "synth": (
+        Section("dataset", "n seed width height workers"),
+        Section(
+            "what is drawn",
+            "min_crack_width max_crack_width cracks_min cracks_max label_noise jpeg_quality "
+            "distractors",
+        ),
+    ),
+    "prepare": (
+        Section("tiles and split", "tile edge split split_by seed"),
+        Section("files and processes", "png_level workers strict"),
+    ),
+    "train": (
+        Section("model and phase", "model width phase loss"),
+        Section(
+            "training schedule",
+            "epochs steps_per_epoch batch_size crop crack_crops lr lr_schedule weight_decay "
+            "val_every seed",
+        ),
+        Section("loss (BCE and CIRL)", "pos_weight dice lam aseg_weight beta k"),
+        Section("hardware and precision", "device precision channels_last workers"),
+        Section(
+            "CIRL variants and checks",
+            "phase1_loss aseg_form std_init std_clamp selection ci_reduction max_pixels "
+            "deep_supervision verify_data amp",
+            expert=True,
+        ),
+    ),
+    "select": (
+        Section("selection rule", "rule gamma lam views fraction kernel"),
+        Section("data and report", "split overview verify_data"),
+        Section("hardware and precision", "device precision"),
+    ),
+    "evaluate": (
+        Section("scoring", "split threshold tolerance empty_f1 thresholds calibrate"),
+        Section("report and checks", "overlays device verify_data"),
+    ),
+    "export": (
+        Section(
+            "ONNX export and parity check",
+            "opset tolerance export_size check_height check_width check_batch",
+        ),
+        Section("accuracy gate and int8", "gate split gate_tolerance quantize calibration_tiles"),
+    ),
+    "predict": (
+        Section("engine and windows", "engine tile overlap batch threads device force"),
+        Section(
+            "cracks and measurement", "threshold mm_per_pixel min_crack_pixels max_crack_width"
+        ),
+        Section("outputs", "overlay_alpha resume"),
+    ),
+    "tracking": (
+        Section("tracking (MLflow)", "track"),
+        Section(
+            "tracking details",
+            "tracking_uri experiment artifact_location tracking_timeout",
+            expert=True,
+        ),
+    ),
+    "register": (Section("registration", "name promote margin example_size"),),
+    "promote": (Section("promotion", "name margin"),),
+    "audit": (Section("audit checks", "tolerance onnx_tolerance onnx retrain_tolerance device"),),
+    "sweep": (
+        Section("study", "mode n_trials study storage seed pruner test"),
+        Section("trials", "epochs steps_per_epoch"),
+        Section("values to try", "lam gamma k beta rule"),
+        Section(
+            "method options to try",
+            "aseg_form phase1_loss std_init std_clamp ci_reduction selection",
+        ),
+        Section("workers", "heartbeat grace max_retry", expert=True),
+    ),
+}
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "synth",
@@ -286,11 +372,11 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "train",
         "train the BCE baseline, CIRL phase I or CIRL phase II",
-        "Train on the train split of a prepared folder; the best checkpoint is chosen on the "
-        "val split. Writes OUT/last.pt (every epoch), OUT/best.pt, OUT/history.json, "
-        "OUT/config.json. Phase 1: BCE + ambiguity-aware loss with the std head. Phase 2: "
-        "from --init, BCE outside the ambiguous pixels + beta * clustering-inspired loss "
-        "inside them (--ambiguity from `cirl select`). --loss bce: the baseline.",
+        "Train on the train split of a prepared folder, keeping the best checkpoint on the val "
+        "split: OUT/last.pt (each epoch), best.pt, history.json, config.json. Phase 1: BCE + "
+        "the ambiguity-aware loss (std head). Phase 2, from --init: BCE outside the ambiguous "
+        "pixels of --ambiguity (`cirl select`) + beta * the clustering-inspired loss inside "
+        "them. --loss bce: the baseline.",
         _cmd_train,
         group="train",
         extra_groups=("tracking",),
@@ -423,7 +509,7 @@ COMMANDS: tuple[Command, ...] = (
             arg(
                 "--tracking-uri",
                 metavar="URI",
-                help="MLflow server of a models:/ model (default $MLFLOW_TRACKING_URI, else "
+                help="MLflow server of a models:/ model (default: $MLFLOW_TRACKING_URI, else "
                 "sqlite:///mlflow.db)",
             ),
         ),
