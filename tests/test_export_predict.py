@@ -183,6 +183,29 @@ def test_predict_folder_with_bad_and_odd_images(exported, tmp_path, capsys):
     c = cv2.imread(str(tmp_path / "out" / "alpha_mask.png"), 0)
     assert np.array_equal(b, c)
     assert np.mean(a != b) < 0.05  # JPEG vs lossless input differ slightly
+    # the overlay is render_overlay's picture of the written mask and of the crack table
+    from cirl.deploy.measure import measure_cracks
+    from cirl.deploy.photo_outputs import render_overlay
+
+    params = json.loads((tmp_path / "out" / "colour.json").read_text())["params"]
+    cracks = measure_cracks(
+        a > 0, min_pixels=params["min_crack_pixels"], max_width_px=params["max_crack_width"]
+    )
+    rows = (tmp_path / "out" / "colour_cracks.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(cracks)
+    layout: list = []
+    expected = render_overlay(
+        cv2.imread(str(tmp_path / "in" / "colour.jpg")),
+        a > 0,
+        cracks,
+        alpha=params["overlay_alpha"],
+        threshold=params["threshold"],
+        mm_per_pixel=0.5,
+        layout=layout,
+    )
+    assert len(layout[0].labels) == len(cracks) and layout[0].scale_bar is not None
+    jpeg = cv2.imencode(".jpg", expected, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    assert (tmp_path / "out" / "colour_overlay.jpg").read_bytes() == jpeg
 
 
 def test_predict_reports_regions_too_wide_to_be_cracks(exported, tmp_path, caplog):

@@ -14,6 +14,7 @@ import pytest
 from cirl.deploy.measure import (
     CSV_COLUMNS,
     CSV_COLUMNS_MM,
+    STRAIGHT_RATIO,
     Crack,
     cracks_to_rows,
     measure_cracks,
@@ -394,6 +395,53 @@ def test_ids_follow_length_then_top_left_pixel():
     ]
     lengths = [c.length_px for c in cracks]
     assert lengths == sorted(lengths, reverse=True)
+
+
+@pytest.mark.parametrize("angle", [0, 12, 45, 90, 150])
+@pytest.mark.parametrize("width", [1, 5, 9])
+def test_a_long_straight_line_across_the_photo_is_flagged_straight(angle, width):
+    crack = only(band((300, 300), (150, 150), angle, 280, width))
+    assert crack.straightness > STRAIGHT_RATIO
+    assert crack.straight
+
+
+def test_short_bent_and_ring_cracks_are_not_straight():
+    short = only(band((300, 400), (200, 150), 20, 120, 3))  # straight, under 150 px
+    assert short.straightness > STRAIGHT_RATIO and not short.straight
+    arc = np.zeros((300, 400), np.uint8)
+    cv2.ellipse(arc, (200, 100), (140, 140), 0, 0, 180, 255, 3)  # half circle, 440 px
+    bent = only(arc > 0)
+    assert bent.straightness == pytest.approx(2 / math.pi, abs=0.05) and not bent.straight
+    ring = np.zeros((300, 400), np.uint8)
+    cv2.circle(ring, (200, 150), 100, 255, 3)
+    assert only(ring > 0).straightness < 0.4
+    # a line across the photo with a branch is a crack pattern, not a joint
+    branched = band((300, 300), (150, 150), 0, 280, 3) | band((300, 300), (100, 200), 90, 100, 3)
+    assert not only(branched).straight
+
+
+def test_straight_in_the_rows_and_the_csv(tmp_path: Path):
+    mask = band((200, 300), (150, 50), 0, 280, 3) | band((200, 300), (150, 150), 30, 81, 3)
+    cracks = measure_cracks(mask)
+    rows = cracks_to_rows(cracks)
+    assert [r["straight"] for r in rows] == [1, 0]
+    assert rows[0]["straightness"] == round(cracks[0].straightness, 3) > STRAIGHT_RATIO
+    write_cracks_csv(tmp_path / "c.csv", cracks)
+    with (tmp_path / "c.csv").open(newline="") as handle:
+        records = list(csv.DictReader(handle))
+    assert [r["straight"] for r in records] == ["1", "0"]
+
+
+def test_anchor_is_on_the_crack_and_seed_is_its_first_pixel():
+    mask = np.zeros((200, 200), bool)
+    mask[20:120, 30:33] = True  # an L: its centroid lies off the crack
+    mask[117:120, 30:150] = True
+    crack = only(mask)
+    x, y = crack.anchor
+    assert mask[y, x]
+    cx, cy = crack.centroid
+    assert not mask[round(cy), round(cx)]
+    assert crack.seed == (30, 20)
 
 
 def test_connectivity_4_splits_diagonal_contacts():

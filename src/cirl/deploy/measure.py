@@ -60,6 +60,13 @@ counts as background: a crack cut by the border ends there):
    the right on screen (from bottom-left to top-right), 135 = a crack going down to the right on
    screen (from top-left to bottom-right, where image row y grows with x). A crack with no main
    direction (second moments less than 1% anisotropic: a ring, a disk, a single pixel) gets 0.
+6. **Straightness.** The skeleton's extent along that direction, plus ``d - 0.5`` at its two
+   extreme pixels, over the length (``_straightness``): about 1 for a straight crack of any
+   width, 0.64 for a half circle. A crack that is nearly a perfect straight line
+   (straightness > :data:`STRAIGHT_RATIO`) and longer than half the photo's shorter side is
+   flagged ``straight``: a formwork joint, a tile edge or a board's edge, which a model
+   trained on cracks may mark, looks like that, and few real cracks do. It is a flag for the
+   person reading the table (the overlay's legend says so), not a filter: the crack stays.
 
 What is the libraries' and what is ours: the thinning is scikit-image's and the skeleton graph
 (paths, node degrees, junction spanning trees, branch types) is skan's. The hand-written
@@ -100,7 +107,16 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from cirl.deploy.skeleton import _fill_holes, _orientation, _skeleton, _skeleton_length
+from cirl.deploy.skeleton import (
+    _fill_holes,
+    _orientation,
+    _skeleton,
+    _skeleton_length,
+    _straightness,
+)
+
+STRAIGHT_RATIO = 0.98
+"""Straightness above which a crack longer than half the photo's shorter side is ``straight``."""
 
 CSV_COLUMNS: tuple[str, ...] = (
     "id",
@@ -115,6 +131,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "y1",
     "cx",
     "cy",
+    "straightness",
+    "straight",
 )
 """Columns of :func:`write_cracks_csv` without a scale."""
 
@@ -145,6 +163,14 @@ class Crack:
             (top-left to bottom-right in image coordinates, where y points down).
         bbox: ``(x0, y0, x1, y1)`` in pixels, ``x1`` and ``y1`` exclusive.
         centroid: ``(x, y)`` mean of the component's pixel coordinates.
+        anchor: ``(x, y)`` the skeleton pixel nearest the centroid (on the crack even when
+            the centroid is not, as for a bent crack): where the overlay puts its number.
+            None when not known (a crack built by hand).
+        seed: ``(x, y)`` a pixel of the component (its first in raster order), which tells
+            the component apart in a label image. None when not known.
+        straightness: Extent along the main direction over the length, in ``[0, 1]``.
+        straight: ``straightness > STRAIGHT_RATIO`` and longer than half the photo's
+            shorter side: possibly a joint or an edge rather than a crack.
     """
 
     id: int
@@ -155,6 +181,10 @@ class Crack:
     orientation_deg: float
     bbox: tuple[int, int, int, int]
     centroid: tuple[float, float]
+    anchor: tuple[int, int] | None = None
+    seed: tuple[int, int] | None = None
+    straightness: float = 0.0
+    straight: bool = False
 
 
 def measure_cracks(
@@ -198,6 +228,7 @@ def measure_cracks(
         raise ValueError(f"max_width_px must be > 0 or None, got {max_width_px!r}")
     if mask.size == 0:
         return []
+    side = min(mask.shape)  # a straight crack longer than half of it is flagged
     binary = np.ascontiguousarray(mask != 0, dtype=np.uint8)
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(
         binary, connectivity=connectivity, ltype=cv2.CV_32S
@@ -242,6 +273,10 @@ def measure_cracks(
         orientation = _orientation(ys, xs)
         if orientation is None and ys.size < 2:
             orientation = _orientation(*np.nonzero(component))
+        orientation = 0.0 if orientation is None else orientation
+        straightness = _straightness(ys, xs, dist, orientation, length)
+        cx, cy = where["centroid"]
+        near = int(np.argmin((xs + (x0 - 1) - cx) ** 2 + (ys + (y0 - 1) - cy) ** 2))
         first_x = int(np.argmax(component[1]))  # first crack pixel of the top row (raster order)
         found.append(
             (
@@ -251,7 +286,11 @@ def measure_cracks(
                     "length_px": length,
                     "mean_width_px": mean_width,
                     "max_width_px": float(widths.max()),
-                    "orientation_deg": 0.0 if orientation is None else orientation,
+                    "orientation_deg": orientation,
+                    "anchor": (int(xs[near]) + x0 - 1, int(ys[near]) + y0 - 1),
+                    "seed": (x0 + first_x - 1, y0),
+                    "straightness": straightness,
+                    "straight": straightness > STRAIGHT_RATIO and length > side / 2,
                 },
             )
         )
@@ -280,7 +319,7 @@ def cracks_to_rows(cracks: Sequence[Crack], mm_per_pixel: float | None = None) -
             ``max_width_mm`` and ``area_mm2`` (``pixels * mm_per_pixel ** 2``).
 
     Returns:
-        The rows, floats rounded to 3 decimals.
+        The rows, floats rounded to 3 decimals, ``straight`` 1 or 0.
 
     Raises:
         ValueError: ``mm_per_pixel`` is given but not finite and > 0.
@@ -303,6 +342,8 @@ def cracks_to_rows(cracks: Sequence[Crack], mm_per_pixel: float | None = None) -
             "y1": y1,
             "cx": round(crack.centroid[0], 3),
             "cy": round(crack.centroid[1], 3),
+            "straightness": round(crack.straightness, 3),
+            "straight": int(crack.straight),
         }
         if scale is not None:
             row["length_mm"] = round(crack.length_px * scale, 3)

@@ -13,10 +13,14 @@ Per photo ``NAME`` (its file stem) in the output folder:
 =====================  ===============================================================
 ``NAME_mask.png``      binary crack map, 255 = crack (probability >= threshold)
 ``NAME_prob.png``      probability, 8-bit (value / 255)
-``NAME_overlay.jpg``   the photo with cracks in red, for people to look at
+``NAME_overlay.jpg``   the photo for people to look at: each measured crack in its own
+                       colour and numbered with its ``NAME_cracks.csv`` id (``id*``: a long
+                       straight line, possibly a joint or edge), unmeasured components grey,
+                       a legend (colours, threshold, count, longest and widest) and, with
+                       ``mm_per_pixel``, a scale bar (``photo_outputs.render_overlay``)
 ``NAME.json``          report: sizes, conversions, model, engine, timings, crack summary
-``NAME_cracks.csv``    one row per connected crack: length, widths, orientation (px, and mm
-                       with ``mm_per_pixel``)
+``NAME_cracks.csv``    one row per connected crack: length, widths, orientation, straightness
+                       (px, and mm with ``mm_per_pixel``)
 =====================  ===============================================================
 
 Over all photos: ``summary.csv`` (one row per photo: status, cracks, total length, widest
@@ -63,6 +67,7 @@ from cirl.deploy.photo_outputs import (
     _prefetched,
     _summary_row,
     _write_summary,
+    render_overlay,
 )
 from cirl.deploy.predict_config import PredictConfig, PredictResult, decision_threshold
 from cirl.deploy.windows import sliding_window
@@ -70,15 +75,6 @@ from cirl.errors import CirlError
 from cirl.staging import staged_file, writable_dir
 
 log = logging.getLogger(__name__)
-
-
-def render_overlay(image_bgr: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """The photo with crack pixels tinted red (BGR uint8, same size)."""
-    out = image_bgr.copy()
-    red = np.array([0, 0, 255], np.float32)
-    pixels = out[mask].astype(np.float32)
-    out[mask] = np.clip((1 - alpha) * pixels + alpha * red, 0, 255).astype(np.uint8)
-    return out
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -227,7 +223,16 @@ def _write_outputs(
 
     _write_bytes(out / f"{name}_mask.png", _encode(".png", mask.view(np.uint8) * np.uint8(255)))
     _write_bytes(out / f"{name}_prob.png", _encode(".png", prob8))
-    overlay = render_overlay(image_bgr, mask, cfg.overlay_alpha)
+    overlay = render_overlay(
+        image_bgr,
+        mask,
+        cracks,
+        alpha=cfg.overlay_alpha,
+        threshold=cfg.threshold,
+        mm_per_pixel=cfg.mm_per_pixel or None,
+        min_pixels=cfg.min_crack_pixels,
+        max_width=cfg.max_crack_width,
+    )
     _write_bytes(
         out / f"{name}_overlay.jpg", _encode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, 90])
     )

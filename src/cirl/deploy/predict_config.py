@@ -32,7 +32,7 @@ class PredictConfig:
         min_crack_pixels: connected cracks smaller than this are not measured (noise).
         max_crack_width: connected regions wider than this (pixels) are not cracks (stains,
             shadows, or a model that does not fit the photos): reported, not measured.
-        overlay_alpha: opacity of the red crack colour in the overlay.
+        overlay_alpha: opacity of the crack colours in the overlay.
         force: use a low-precision engine (int8, bf16) whose accuracy gate failed or never ran.
         resume: skip photos whose outputs are already in the output folder, made from the same
             photo with the same model and parameters.
