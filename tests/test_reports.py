@@ -227,3 +227,14 @@ def test_reports_open_as_pages_in_a_browser(evaluation, selected, tmp_path):
         assert "|A| / |M|" in seen["text"]
         if json.loads((selected / "summary.json").read_text())["warnings"]:
             assert seen["warnings"]
+
+
+def test_a_calibration_that_scores_below_half_is_said():
+    from cirl.method.pages import calibration_sentence
+
+    calibration = {"split": "val", "images": 36, "threshold": 0.89, "f1": 0.12,
+                   "scored": {"split": "test", "f1": 0.23, "pooled": {"f1": 0.39}}}  # fmt: skip
+    worse = calibration_sentence({"f1": 0.33, "threshold_calibration": calibration})
+    assert "scores lower on the test split than 0.5 (0.2300 < 0.3300)" in worse
+    better = {**calibration, "scored": {"split": "test", "f1": 0.40, "pooled": {"f1": 0.5}}}
+    assert "lower" not in calibration_sentence({"f1": 0.33, "threshold_calibration": better})

@@ -39,12 +39,31 @@ def calibration_sentence(summary: Mapping[str, Any]) -> str:
             f"No calibrated decision threshold: {calibration.get('why')}; predict decides at 0.5."
         )
     at = calibration["scored"]
-    return (
+    text = (
         f"Calibrated decision threshold {calibration['threshold']:g}: the {calibration['split']} "
         f"split's best single threshold ({calibration['images']} images, per-image F1 "
         f"{calibration['f1']:.4f}). On the {at['split']} split at it: per-image F1 "
         f"{at['f1']:.4f} (at 0.5, the paper's protocol: {float(summary['f1']):.4f}), pooled F1 "
         f"{at['pooled']['f1']:.4f}. cirl predict decides at it (--threshold auto)."
+    )
+    worse = calibration_worse(summary)
+    return f"{text} {worse}" if worse else text
+
+
+def calibration_worse(summary: Mapping[str, Any]) -> str | None:
+    """Said when the calibrated threshold scores below 0.5 on the scored split: the
+    calibration split did not represent it (too few photos, other conditions)."""
+    calibration = summary.get("threshold_calibration") or {}
+    if calibration.get("threshold") is None:
+        return None
+    at = float(calibration["scored"]["f1"])
+    if at >= float(summary["f1"]):
+        return None
+    return (
+        f"The calibrated threshold scores lower on the {calibration['scored']['split']} "
+        f"split than 0.5 ({at:.4f} < {float(summary['f1']):.4f}): the "
+        f"{calibration['split']} split ({calibration['images']} images) does not represent it; "
+        "calibrate on a larger split, or predict with --threshold 0.5."
     )
 
 

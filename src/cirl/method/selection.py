@@ -228,28 +228,34 @@ def _label(picture: np.ndarray, text: str) -> None:
 
 def _colour_bar(height: int, low: float, high: float, threshold: float | None) -> np.ndarray:
     """A vertical bar of the heat map's colours (high at the top), labelled by decade, the
-    threshold drawn as a white line."""
-    bar_h = min(height - 20, 512)
+    threshold drawn as a white line; sized to the grid so it reads at the grid's scale."""
+    scale = max(1.0, height / 640)
+    width, bar_w, left = round(110 * scale), round(22 * scale), round(8 * scale)
+    font, thick = 0.42 * scale, max(1, round(scale))
+    bar_h = min(height - round(20 * scale), round(0.8 * height))
     top = (height - bar_h) // 2
     column = np.linspace(1.0, 0.0, bar_h)[:, None]
     colours = cv2.applyColorMap((column * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    out = np.full((height, 110, 3), 255, np.uint8)
-    out[top : top + bar_h, 8:30] = np.repeat(colours, 22, axis=1)
+    out = np.full((height, width, 3), 255, np.uint8)
+    out[top : top + bar_h, left : left + bar_w] = np.repeat(colours, bar_w, axis=1)
+    right = left + bar_w
 
     def y_of(value: float) -> int:
         return top + round((high - value) / (high - low) * (bar_h - 1))
 
+    def text(label: str, y: int, colour: tuple[int, int, int]) -> None:
+        at = (right + round(9 * scale), y + round(5 * scale))
+        cv2.putText(out, label, at, cv2.FONT_HERSHEY_SIMPLEX, font, colour, thick, cv2.LINE_AA)
+
     for decade in range(int(low), int(high) + 1):
         y = y_of(decade)
-        cv2.line(out, (30, y), (36, y), (0, 0, 0), 1)
-        cv2.putText(out, f"1e{decade}", (39, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1)
+        cv2.line(out, (right, y), (right + round(6 * scale), y), (0, 0, 0), thick)
+        text(f"1e{decade}", y, (0, 0, 0))
     if threshold is not None and threshold > 0:
         y = y_of(float(np.clip(np.log10(threshold), low, high)))
-        cv2.line(out, (4, y), (34, y), (255, 255, 255), 3)
-        cv2.line(out, (4, y), (34, y), (0, 0, 0), 1)
-        cv2.putText(
-            out, f"{threshold:.3g}", (39, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 160), 1
-        )
+        cv2.line(out, (left - round(4 * scale), y), (right + 4, y), (255, 255, 255), 3 * thick)
+        cv2.line(out, (left - round(4 * scale), y), (right + 4, y), (0, 0, 0), thick)
+        text(f"{threshold:.3g}", y, (0, 0, 160))
     return out
 
 

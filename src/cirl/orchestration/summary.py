@@ -22,6 +22,7 @@ def summary_text(out: str | os.PathLike) -> str:
             f"{record.get('error', '')}\n  task outputs so far: {record.get('run_dir')}\n"
             "  fix the cause and rerun with --cache: finished tasks are reused"
         )
+    from cirl.method.pages import calibration_worse
     from cirl.method.trained import trained_as
 
     lines = [f"cirl pipeline run in {out} ({record['seconds']:.0f} s, runner {record['runner']})"]
@@ -47,9 +48,13 @@ def summary_text(out: str | os.PathLike) -> str:
         if calibration.get("threshold") is not None:
             lines.append(
                 f"    decision threshold {calibration['threshold']:g} (the "
-                f"{calibration['split']} split's best): per-image F1 "
-                f"{calibration['scored']['f1']:.3f} there; predict decides at it"
+                f"{calibration['split']} split's best; predict decides at it): per-image F1 "
+                f"{calibration['scored']['f1']:.3f} on the {metrics.get('split', 'test')} "
+                f"split at it"
             )
+            worse = calibration_worse(metrics)
+            if worse:
+                lines.append(f"    WARNING: {worse}")
     lines.extend(selection_lines(out))
     registration = record.get("registration") or {}
     if registration.get("registered"):
