@@ -20,7 +20,9 @@ parameters, one mapping per ``params.yaml`` group, defaulting to the resolved gr
 time; each task checks its mapping through the stage's config dataclass.
 
 On a cluster: training, selection and evaluation request ``--gpus`` NVIDIA GPUs (1; 0 compiles
-a CPU-only pipeline) with ``--cpu`` and ``--memory``, and tolerate the GPU taint; every task
+a CPU-only pipeline) with ``--cpu`` and ``--memory``, and tolerate the GPU taint; a training
+with ``train.nproc`` N > 1 (data-parallel, torchrun inside the task) requests N times as many;
+every task
 reads S3 and MLflow credentials and endpoints from the Kubernetes secret ``cirl-credentials``
 (keys optional, see docs/cluster.md).
 Caching: KFP caches every task by default, keyed by the image reference as written and the
@@ -98,12 +100,14 @@ class Placement:
     cpu: str = "4"
     memory: str = "16G"
     gpus: int = 1
+    nproc: int = 1  # the training's data-parallel processes (train.nproc): one GPU each
 
-    def heavy(self, task):
+    def heavy(self, task, training: bool = False):
         task.set_cpu_request(self.cpu).set_memory_request(self.memory)
         task.set_memory_limit(self.memory)
-        if self.gpus:
-            task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(self.gpus)
+        gpus = self.gpus * (self.nproc if training else 1)
+        if gpus:
+            task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
             kubernetes.add_toleration_json(task, GPU_TOLERATION)
         return task
 
@@ -139,7 +143,7 @@ def build_pipeline(
         gpus: NVIDIA GPUs per heavy task; 0 compiles a CPU-only pipeline (no GPU toleration).
     """
     c = components.build(image)
-    place = Placement(cpu, memory, gpus)
+    place = Placement(cpu, memory, gpus, int(params.get("train", {}).get("nproc", 1)))
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -213,7 +217,7 @@ def build_pipeline(
 def cirl_chain(c, place: Placement, data, run: dict, train_params, select_params, evaluate_params):
     """The recipe's tasks (cirl.method.recipe): phase I, select, phase II, evaluate."""
     phase1 = common(
-        place.heavy(c.train_phase1(dataset=data, params=train_params, **run)),
+        place.heavy(c.train_phase1(dataset=data, params=train_params, **run), training=True),
         "train phase I",
     )
     select = common(
@@ -235,7 +239,8 @@ def cirl_chain(c, place: Placement, data, run: dict, train_params, select_params
                 ambiguity=select.outputs["ambiguity"],
                 params=train_params,
                 **run,
-            )
+            ),
+            training=True,
         ),
         "train phase II",
     )
@@ -287,7 +292,7 @@ def deploy(c, data, run: dict, chain: dict, export_params, register_params):
 def baseline(c, place: Placement, data, run: dict, train_params, evaluate_params) -> None:
     """The plain BCE baseline, trained and evaluated beside CIRL."""
     trained = common(
-        place.heavy(c.train_baseline(dataset=data, params=train_params, **run)),
+        place.heavy(c.train_baseline(dataset=data, params=train_params, **run), training=True),
         "train BCE baseline",
     )
     common(

@@ -164,3 +164,22 @@ def roll_up(parent_run_id: str, tracking: TrackingConfig) -> dict[str, Any]:
                 with contextlib.suppress(Exception):
                     log.warning("could not copy %s of run %s: %s", path, run_id, one_line(exc))
     return summary
+
+
+def evaluation_to_parent(
+    parent_run_id: str, tracking: TrackingConfig, run_name: str | None, metrics: dict
+) -> None:
+    """Log an evaluation's scores on its pipeline run as soon as it ends (the baseline's
+    branch of the DAG may end after ``close-run``, which cannot wait for a conditional task).
+    """
+    from mlflow.entities import Metric
+
+    prefix = _EVALUATIONS.get(run_name or "evaluate")
+    if prefix is None or not parent_run_id:
+        return
+    client = connect(tracking).client
+    now = int(time.time() * 1000)
+    client.log_batch(
+        parent_run_id,
+        metrics=[Metric(f"{prefix}{k}", float(v), now, 0) for k, v in metrics.items()],
+    )

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cirl.distributed import active, global_mean, global_sum
+
 LOG_VAR_CLAMP = 10.0
 
 
@@ -83,10 +85,11 @@ def error_ambiguous(
 
 
 def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``values`` over the weighted pixels of the (global) batch."""
     if weight is None:
-        return values.mean()
+        return global_mean(values)
     weight = weight.to(values.dtype)
-    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+    return global_sum((values * weight).sum()) / global_sum(weight.sum()).clamp_min(1.0)
 
 
 def clamp_log_var(log_var: torch.Tensor, clamp: float = LOG_VAR_CLAMP, soft: bool = False):
@@ -222,8 +225,9 @@ def soft_dice_loss(
     if weight_mask is not None:
         weight_mask = weight_mask.to(prob.dtype)
         prob, target = prob * weight_mask, target * weight_mask
-    overlap = (prob * target).sum()
-    return 1.0 - (2.0 * overlap + smooth) / (prob.sum() + target.sum() + smooth)
+    overlap = global_sum((prob * target).sum())
+    total = global_sum(prob.sum()) + global_sum(target.sum())
+    return 1.0 - (2.0 * overlap + smooth) / (total + smooth)
 
 
 @torch.no_grad()
@@ -348,6 +352,13 @@ def ci_loss(
         f = features[n].detach().reshape(features.shape[1], -1).index_select(1, index).T
         mean = _ci_one_image(p, f, k)
         losses.append(mean if reduction == "image" else mean * total)
+    if active().size > 1:  # every process sums, also one without an image to add
+        summed = torch.stack(losses).sum() if losses else prob.sum() * 0.0
+        summed = global_sum(summed)
+        if reduction == "batch":
+            return summed / normaliser
+        images = global_sum(torch.tensor(float(len(losses)), device=prob.device))
+        return summed / images.clamp_min(1.0)
     if not losses:
         return prob.sum() * 0.0
     if reduction == "image":

@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from cirl.distributed import global_sum
 from cirl.method.train_config import TrainConfig
 
 
@@ -56,11 +57,13 @@ def compute_loss(
             max_pixels=cfg.max_pixels,
             generator=generator,
             reduction=cfg.ci_reduction,
-            normaliser=supervised.sum().clamp_min(1.0),
+            normaliser=global_sum(supervised.sum()).clamp_min(1.0),
         )
         loss = bce + cfg.beta * ci
         parts["ci"] = float(ci.detach())
-        parts["ambiguous_fraction"] = float(ambiguous.sum() / valid.sum().clamp_min(1))
+        parts["ambiguous_fraction"] = float(
+            global_sum(ambiguous.sum()) / global_sum(valid.sum()).clamp_min(1)
+        )
     else:
         supervised = valid
         bce = masked_bce(logits, mask, supervised, cfg.pos_weight)

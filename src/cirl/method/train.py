@@ -40,6 +40,14 @@ from torch.utils.data import DataLoader
 
 from cirl import __version__
 from cirl.config import to_dict
+from cirl.distributed import (
+    World,
+    barrier,
+    broadcast,
+    global_batch_norm,
+    joined,
+    plain_batch_norm,
+)
 from cirl.errors import CirlError
 
 # the names this module held before it was split, for callers that import them from here
@@ -120,7 +128,39 @@ def run(
     """
     data, out = Path(data), Path(out)
     _check_inputs(cfg, init, ambiguity)
+    world = World.from_env()
+    if world.size == 1:
+        from cirl.method.ddp import launch, nodes
+
+        if cfg.nproc > 1 or nodes() > 1:  # this process launches the data-parallel run
+            return launch(cfg, data, out, init, ambiguity, resume, progress, on_epoch)
+    if cfg.batch_size % world.size:
+        raise CirlError(
+            f"batch_size {cfg.batch_size} does not split over the run's {world.size} processes "
+            "(nodes x nproc); choose a multiple"
+        )
+    if world.size > 1 and cfg.device != "cpu" and torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)
     device = resolve_device(cfg.device)
+    with joined(world, device):
+        return _run(cfg, data, out, init, ambiguity, resume, progress and world.main, on_epoch,
+                    world, device)  # fmt: skip
+
+
+def _run(
+    cfg: TrainConfig,
+    data: Path,
+    out: Path,
+    init: Any,
+    ambiguity: Any,
+    resume: bool,
+    progress: bool,
+    on_epoch: Callable[[dict], None] | None,
+    world: World,
+    device: torch.device,
+) -> TrainResult:
+    """The training loop of one process (of ``world``'s, which only rank 0 validates, writes
+    and reports)."""
     torch.manual_seed(cfg.seed)
     train_set = _datasets(cfg, data, ambiguity)
     model, provenance = _start_model(cfg, data, init, ambiguity)
@@ -133,20 +173,26 @@ def run(
     last_path, best_path = out / "last.pt", out / "best.pt"
     state = _resume_state(cfg, last_path) if resume else None
     side = cfg.crop or int(train_set[0]["image"].shape[-1])
-    loop = _arithmetic(cfg, device, side, state, model, provenance)
+    loop = _arithmetic(cfg, device, side, state, model, provenance, world)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, list(state["history"])
         best_f1, best_epoch = state["best_val_f1"], state["best_epoch"]
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", {"train": to_dict(cfg), **provenance})
+    if world.size > 1:
+        provenance["world_size"] = world.size
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", {"train": to_dict(cfg), **provenance})
 
     loop.update(model=model, optimizer=optimizer, scaler=scaler, last_path=last_path)
+    loop.update(world=world, forward=_data_parallel(model, world, device))
     loop["steps"] = cfg.steps_per_epoch or math.ceil(len(train_set) / cfg.batch_size)
     with deterministic_algorithms(device):
         for epoch in range(start_epoch, cfg.epochs):
             record = _train_epoch(cfg, train_set, epoch, loop, progress)
+            if not world.main:  # rank 0 validates, writes and reports
+                continue
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
                 t_val = time.perf_counter()
                 record["val"] = validate(model, data, device, loop["autocast"])
@@ -175,7 +221,40 @@ def run(
             _write_json(out / "history.json", history)
             if on_epoch is not None:
                 on_epoch(record)
+    if world.size > 1:
+        plain_batch_norm(model)
+        barrier()  # the other processes end once rank 0 has written the last epoch
     return TrainResult(out, best_path, last_path, best_epoch, best_f1, history, provenance)
+
+
+def _data_parallel(model: Any, world: World, device: torch.device) -> Any:
+    """What the loop calls forward: the model, or DDP around it with batch norm over the
+    global batch (one process: the model itself, the same bits as ever)."""
+    if world.size <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    global_batch_norm(model)
+    ids = [world.local_rank] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+class _RankBatches:
+    """The one-process run's batches (``batch_size`` indices each from ``sampler``), this
+    process's equal, contiguous part of each: ranks 0..N-1 together see each global batch."""
+
+    def __init__(self, sampler: Any, batch_size: int, world: World) -> None:
+        self.sampler, self.batch_size, self.world = sampler, batch_size, world
+        self.part = batch_size // world.size
+
+    def __iter__(self):
+        indices = list(self.sampler)
+        start = self.world.rank * self.part
+        for first in range(0, len(indices) - self.batch_size + 1, self.batch_size):
+            yield indices[first + start : first + start + self.part]
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
 
 
 def _check_inputs(cfg: TrainConfig, init: Any, ambiguity: Any) -> None:
@@ -267,13 +346,24 @@ def _resume_state(cfg: TrainConfig, last_path: Path) -> dict:
 
 
 def _arithmetic(
-    cfg: TrainConfig, device: Any, side: int, state: dict | None, model: Any, provenance: dict
+    cfg: TrainConfig,
+    device: Any,
+    side: int,
+    state: dict | None,
+    model: Any,
+    provenance: dict,
+    world: World | None = None,
 ) -> dict:
     """Resolve the run's precision and memory format (a resumed run keeps its recorded ones),
-    put the model in that format, and record them with this machine in the provenance."""
+    put the model in that format, and record them with this machine in the provenance. In a
+    data-parallel run rank 0 chooses (it times the candidates) and the others take its choice."""
     from cirl.host import cpu
 
-    chosen = resolve_arithmetic(cfg, device, side, (state or {}).get("provenance"))
+    world = world or World()
+    chosen = None
+    if world.main:
+        chosen = resolve_arithmetic(cfg, device, side, (state or {}).get("provenance"))
+    chosen = broadcast(chosen)
     precision, channels_last = chosen["precision"], chosen["channels_last"]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
@@ -292,6 +382,7 @@ def _train_epoch(cfg: TrainConfig, train_set: Any, epoch: int, loop: dict, progr
     """One epoch: its seeded sampler, crops and CI draws, the steps; its history record."""
     device, steps, model = loop["device"], loop["steps"], loop["model"]
     optimizer, scaler = loop["optimizer"], loop["scaler"]
+    world = loop.get("world") or World()
     train_set.set_epoch(epoch)
     sampler = torch.utils.data.RandomSampler(
         train_set,
@@ -299,16 +390,19 @@ def _train_epoch(cfg: TrainConfig, train_set: Any, epoch: int, loop: dict, progr
         num_samples=steps * cfg.batch_size,
         generator=_generator(_mix(cfg.seed, epoch, 1)),
     )
+    batching: dict[str, Any] = {"batch_size": cfg.batch_size, "sampler": sampler, "drop_last": True}
+    if world.size > 1:  # the same global batches, split across the processes
+        batching = {"batch_sampler": _RankBatches(sampler, cfg.batch_size, world)}
     loader = DataLoader(
         train_set,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
+        **batching,
         num_workers=cfg.workers,
-        drop_last=True,
         persistent_workers=False,
         pin_memory=device.type == "cuda",
     )
-    ci_generator = _generator(_mix(cfg.seed, epoch, 2))
+    # rank 0's stream is the one-process run's (CI draws a subset of A only where an image
+    # has more than max_pixels ambiguous pixels)
+    ci_generator = _generator(_mix(cfg.seed, epoch, 2 + 1000 * world.rank))
     torch.manual_seed(_mix(cfg.seed, epoch, 3))
     model.train()
     sums: dict[str, float] = {}
@@ -325,7 +419,7 @@ def _train_epoch(cfg: TrainConfig, train_set: Any, epoch: int, loop: dict, progr
         }
         image = batch["image"].contiguous(memory_format=loop["memory_format"])
         with _autocast(device, loop["autocast"]):
-            output = model(image)
+            output = loop.get("forward", model)(image)
         loss, parts = compute_loss(cfg, output, batch, ci_generator)
         if not torch.isfinite(loss):
             _non_finite(loss, parts, epoch, step, loop["last_path"])
@@ -335,7 +429,7 @@ def _train_epoch(cfg: TrainConfig, train_set: Any, epoch: int, loop: dict, progr
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        seen += batch["image"].shape[0]
+        seen += batch["image"].shape[0] * world.size
         for key, value in {"loss": float(loss.detach()), **parts}.items():
             sums[key] = sums.get(key, 0.0) + value
         if bar is not None:

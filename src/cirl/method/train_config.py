@@ -56,6 +56,11 @@ class TrainConfig:
         seed: seeds weights, data order, augmentation and CI sampling.
         workers: data-loader processes.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        nproc: data-parallel processes (DDP launched by ``torchrun``; one GPU each on CUDA,
+            gloo on CPU). Each global batch of ``batch_size`` (a multiple of ``nproc``) is split
+            across them and every loss and batch-norm statistic is pooled over the global
+            batch, so the run trains what one process would, up to float rounding
+            (docs/cluster.md, "Data-parallel training").
         amp: mixed precision on CUDA (float16 autocast with a gradient scaler; ignored on CPU).
         precision: on CPU, ``fp32``, ``bf16`` (bfloat16 autocast of the forward pass, fp32
             weights, optimizer and loss) or ``auto`` (the faster of the two for this run's
@@ -101,6 +106,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    nproc: int = 1
     amp: bool = True
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
     channels_last: bool | Literal["auto"] = False
@@ -134,11 +140,17 @@ class TrainConfig:
             "width": self.width >= 0,
             "workers": self.workers >= 0,
             "device": self.device in ("auto", "cpu", "cuda"),
+            "nproc": self.nproc >= 1 and self.batch_size % self.nproc == 0,
             "precision": self.precision in ("auto", "fp32", "bf16"),
             "channels_last": self.channels_last in (True, False, "auto"),
             "val_every": self.val_every >= 1,
         }
         bad = [key for key, ok in checks.items() if not ok]
+        if bad == ["nproc"] and self.nproc >= 1:
+            raise ValueError(
+                f"key 'nproc' ({self.nproc}) must divide batch_size ({self.batch_size}): each "
+                "data-parallel process takes an equal part of the global batch"
+            )
         if bad:
             key = bad[0]
             raise ValueError(f"key {key!r} has an invalid value {getattr(self, key)!r}")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cirl.distributed import global_mean, global_sum
 from cirl.models.output import SegModel, SegOutput
 from cirl.models.unet import ConvBlock, DownStage
 
@@ -239,7 +240,9 @@ def jtfn_deep_supervision_loss(
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         bce = F.binary_cross_entropy_with_logits(logits.float(), truth.float(), reduction="none")
         if weight is None:
-            losses.append(bce.mean())
+            losses.append(global_mean(bce))
         else:
-            losses.append((bce * weight).sum() / weight.sum().clamp_min(1.0))
+            losses.append(
+                global_sum((bce * weight).sum()) / global_sum(weight.sum()).clamp_min(1.0)
+            )
     return torch.stack(losses).mean()

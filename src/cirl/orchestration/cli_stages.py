@@ -279,7 +279,7 @@ SECTIONS: dict[str, tuple[Section, ...]] = {
             "val_every seed",
         ),
         Section("loss (BCE and CIRL)", "pos_weight dice lam aseg_weight beta k"),
-        Section("hardware and precision", "device precision channels_last workers"),
+        Section("hardware and precision", "device nproc precision channels_last workers"),
         Section(
             "CIRL variants and checks",
             "phase1_loss aseg_form std_init std_clamp selection ci_reduction max_pixels "

@@ -38,6 +38,7 @@ from cirl.orchestration.task_base import (
     _prepare_output,
     _tracked,
     stage_config,
+    tracking_config,
 )
 from cirl.orchestration.task_reports import write_page
 
@@ -203,6 +204,16 @@ def evaluate(
         scores["calibrated_threshold"] = float(calibration["threshold"])
         scores["f1_calibrated"] = float(calibration["scored"]["f1"])
     evaluation.metadata.update({"split": cfg.split, **scores})
+    tracking_cfg = tracking_config(tracking)
+    if parent_run_id and tracking_cfg is not None and tracking_cfg.track:
+        from cirl.lineage.rollup import evaluation_to_parent
+
+        evaluation_to_parent(
+            parent_run_id,
+            tracking_cfg,
+            run_name,
+            {f"{cfg.split}_{k}": v for k, v in scores.items()},
+        )
     if metrics is not None:
         for key, value in scores.items():
             metrics.log_metric(f"{cfg.split}_{key}", value)
@@ -258,7 +269,6 @@ def export(
 # the components call every task as ``tasks.<name>``; the helpers keep their old home too
 from cirl.orchestration.task_base import (  # noqa: E402, F401
     task_errors,
-    tracking_config,
 )
 from cirl.orchestration.task_lineage import close_run, open_run, register  # noqa: E402, F401
 from cirl.orchestration.task_sweep import sweep_report, sweep_worker  # noqa: E402, F401
