@@ -214,7 +214,8 @@ def _overview(
     grid = np.vstack(panels)
     if grid.shape[0] < 140:  # room for a readable bar under small tiles
         grid = np.pad(grid, ((0, 140 - grid.shape[0]), (0, 0), (0, 0)), constant_values=255)
-    return np.hstack([grid, _colour_bar(grid.shape[0], low, high, threshold)])
+    unit = "sigma^2" if rule == "variance" else "(p-y)^2"
+    return np.hstack([grid, _colour_bar(grid.shape[0], low, high, threshold, unit)])
 
 
 def _label(picture: np.ndarray, text: str) -> None:
@@ -226,7 +227,9 @@ def _label(picture: np.ndarray, text: str) -> None:
     cv2.putText(picture, text, at, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick)
 
 
-def _colour_bar(height: int, low: float, high: float, threshold: float | None) -> np.ndarray:
+def _colour_bar(
+    height: int, low: float, high: float, threshold: float | None, unit: str = ""
+) -> np.ndarray:
     """A vertical bar of the heat map's colours (high at the top), labelled by decade, the
     threshold drawn as a white line; sized to the grid so it reads at the grid's scale."""
     scale = max(1.0, height / 640)
@@ -247,6 +250,9 @@ def _colour_bar(height: int, low: float, high: float, threshold: float | None) -
         at = (right + round(9 * scale), y + round(5 * scale))
         cv2.putText(out, label, at, cv2.FONT_HERSHEY_SIMPLEX, font, colour, thick, cv2.LINE_AA)
 
+    if unit:
+        at = (left, max(round(14 * scale), top - round(10 * scale)))
+        cv2.putText(out, unit, at, cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), thick, cv2.LINE_AA)
     for decade in range(int(low), int(high) + 1):
         y = y_of(decade)
         cv2.line(out, (right, y), (right + round(6 * scale), y), (0, 0, 0), thick)
