@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 from typing import ClassVar
 
 import cv2
@@ -223,6 +225,177 @@ def test_predict_reports_regions_too_wide_to_be_cracks(exported, tmp_path, caplo
     assert regions["largest"][0]["bbox"] == [0, 0, 420, 300]
     assert "not cracks" in caplog.text and "colour.jpg" in caplog.text
     assert (tmp_path / "o" / "colour_cracks.csv").read_text().count("\n") == 1  # header only
+
+
+def _geo_inputs(folder):
+    """Four photos: plain, with a world file, a GeoTIFF, and one with a broken world file."""
+    from test_geojson import geotiff_bytes, utm_tags
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    photo = rng.integers(90, 160, (300, 420, 3), dtype=np.uint8)
+    cv2.line(photo, (10, 150), (410, 160), (30, 30, 30), 5)
+    cv2.imwrite(str(folder / "plain.jpg"), photo)
+    cv2.imwrite(str(folder / "mapped.png"), photo)
+    # A, D, B, E, C, F: 1 cm pixels, a small rotation, north up
+    (folder / "mapped.pgw").write_text("0.01\n0.001\n0.002\n-0.01\n500000.005\n4000000.005\n")
+    grey = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    (folder / "geotiff.tif").write_bytes(geotiff_bytes(grey, utm_tags(1)))
+    cv2.imwrite(str(folder / "bad.jpg"), photo)
+    (folder / "bad.jgw").write_text("0.01\n0\n0\n-0.01\n")
+
+
+def _csv_rows(path):
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_predict_writes_the_cracks_as_geojson_in_pixel_and_map_coordinates(exported, tmp_path):
+    root, _ = exported
+    _geo_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    argv = ["predict", str(tmp_path / "in"), "--model", str(root / "model.onnx"), "--out",
+            str(out), "--tile", "128", "--overlap", "32", "--mm-per-pixel", "0.5",
+            # the untrained model's probabilities are 0.50-0.51: this keeps a few dozen specks
+            "--threshold", "0.505", "--min-crack-pixels", "5", "-q"]  # fmt: skip
+    assert main(argv) == 0
+    collections = {}
+    for name in ("plain", "mapped", "geotiff"):
+        report = json.loads((out / f"{name}.json").read_text())
+        assert report["geojson"]["file"] == f"{name}_cracks.geojson"
+        assert f"{name}_cracks.geojson" in report["outputs"]
+        collection = json.loads((out / f"{name}_cracks.geojson").read_text())
+        collections[name] = collection
+        assert collection["type"] == "FeatureCollection" and collection["name"] == f"{name}_cracks"
+        assert collection["cirl:image_size"] == [420, 300]
+        rows = _csv_rows(out / f"{name}_cracks.csv")
+        assert rows and [f["id"] for f in collection["features"]] == [int(r["id"]) for r in rows]
+        for feature, row in zip(collection["features"], rows, strict=True):
+            assert feature["type"] == "Feature"
+            assert feature["geometry"]["type"] in ("Point", "LineString", "MultiLineString")
+            for key, value in row.items():
+                assert float(feature["properties"][key]) == float(value), key
+            assert "widths_mm" in feature["properties"]
+    plain, mapped, geotiff = collections["plain"], collections["mapped"], collections["geotiff"]
+    assert plain["cirl:crs"] == "pixel" and plain["crs"] is None
+    assert "length_map" not in plain["features"][0]["properties"]
+    # map coordinates go back, through the world file's inverse, to crack pixels of the mask
+    assert mapped["cirl:crs"] == "map" and mapped["crs"] is None  # a world file names no CRS
+    assert mapped["cirl:georeference"]["source"] == "mapped.pgw"
+    a, b, c, d, e, f = 0.01, 0.002, 500000.005, 0.001, -0.01, 4000000.005
+    inverse = np.linalg.inv(np.array([[a, b], [d, e]]))
+    # on the crack or a pinhole in it, which the skeleton runs through (filled for it)
+    mask = cv2.dilate(cv2.imread(str(out / "mapped_mask.png"), 0), np.ones((3, 3), np.uint8))
+    for feature in mapped["features"]:
+        geometry = feature["geometry"]
+        points = {
+            "Point": [geometry["coordinates"]],
+            "LineString": geometry["coordinates"],
+            "MultiLineString": [p for line in geometry["coordinates"] for p in line],
+        }[geometry["type"]]
+        for x, y in points:
+            col, row = inverse @ np.array([x - c, y - f])
+            assert abs(col - round(col)) < 1e-3 and abs(row - round(row)) < 1e-3
+            assert mask[round(row), round(col)] == 255
+        # between the transform's least and greatest stretch (its singular values)
+        least, greatest = np.linalg.svd(np.array([[a, b], [d, e]]), compute_uv=False)[::-1]
+        length_px = feature["properties"]["length_px"]
+        length = feature["properties"]["length_map"]
+        assert 0.99 * least * length_px <= length <= 1.01 * greatest * length_px
+    assert geotiff["cirl:crs"] == "map"
+    assert geotiff["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
+    report = json.loads((out / "geotiff.json").read_text())
+    assert report["geojson"]["georeference"]["kind"] == "GeoTIFF"
+    # the broken world file costs that photo its GeoJSON only, and says why and how to fix it
+    assert not (out / "bad_cracks.geojson").exists()
+    assert (out / "bad_cracks.csv").is_file() and (out / "bad_overlay.jpg").is_file()
+    bad = json.loads((out / "bad.json").read_text())["geojson"]
+    assert (
+        bad["file"] is None and "bad.jgw" in bad["warning"] and "holds 4 values" in bad["warning"]
+    )
+    assert "predict.geo: pixel" in bad["warning"]
+    summary = {row["name"]: row for row in _csv_rows(out / "summary.csv")}
+    assert summary["bad"]["status"] == "done" and "bad.jgw" in summary["bad"]["reason"]
+    first = (out / "mapped_cracks.geojson").read_bytes()
+
+    # resume: nothing to redo; a fixed world file redoes that photo, which gets its GeoJSON
+    cfg = predict.PredictConfig(
+        tile=128, overlap=32, mm_per_pixel=0.5, threshold=0.505, min_crack_pixels=5
+    )
+    again = predict.run(cfg, tmp_path / "in", root / "model.onnx", out, progress=False)
+    assert len(again.skipped) == 4 and not again.done
+    (tmp_path / "in" / "bad.jgw").write_text("0.01\n0\n0\n-0.01\n10\n20\n")
+    # and a photo done before the GeoJSON existed (its report has no geojson record) is redone
+    old = json.loads((out / "plain.json").read_text())
+    del old["geojson"], old["params"]["geojson"], old["params"]["geo"]
+    old["outputs"].remove("plain_cracks.geojson")
+    (out / "plain.json").write_text(json.dumps(old))
+    (out / "plain_cracks.geojson").unlink()
+    third = predict.run(cfg, tmp_path / "in", root / "model.onnx", out, progress=False)
+    assert sorted(Path(p).name for p in third.done) == ["bad.jpg", "plain.jpg"]
+    assert json.loads((out / "bad_cracks.geojson").read_text())["cirl:crs"] == "map"
+    assert (out / "plain_cracks.geojson").is_file()
+    assert (out / "mapped_cracks.geojson").read_bytes() == first  # untouched
+
+    # same inputs, same bytes; geo: pixel ignores the world file; geojson: false writes none
+    redo = predict.run(replace(cfg, resume=False), tmp_path / "in", root / "model.onnx",
+                       tmp_path / "redo", progress=False)  # fmt: skip
+    assert len(redo.done) == 4
+    assert (tmp_path / "redo" / "mapped_cracks.geojson").read_bytes() == first
+    predict.run(replace(cfg, geo="pixel"), tmp_path / "in", root / "model.onnx",
+                tmp_path / "pixel", progress=False)  # fmt: skip
+    pixel = json.loads((tmp_path / "pixel" / "mapped_cracks.geojson").read_text())
+    assert pixel["cirl:crs"] == "pixel"
+    assert pixel["features"][0]["properties"] == {
+        k: v for k, v in mapped["features"][0]["properties"].items() if k != "length_map"
+    }
+    predict.run(replace(cfg, geojson=False), tmp_path / "in", root / "model.onnx", out,
+                progress=False)  # fmt: skip
+    assert not list(out.glob("*.geojson"))
+    assert json.loads((out / "plain.json").read_text())["geojson"]["file"] is None
+
+
+def test_predict_from_s3_reads_the_world_file_beside_the_object(exported, tmp_path, monkeypatch):
+    from services import seaweed_s3
+
+    root, _ = exported
+    _geo_inputs(tmp_path / "in")
+    cfg = predict.PredictConfig(
+        tile=128, overlap=32, mm_per_pixel=0.5, threshold=0.505, min_crack_pixels=5
+    )
+    with seaweed_s3(tmp_path / "weed") as server:
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        server.make_bucket("inspections")
+        client = server.client()
+        for path in sorted((tmp_path / "in").iterdir()):
+            client.upload_file(str(path), "inspections", f"bridge/{path.name}")
+        client.put_object(Bucket="inspections", Key="maps/only.jgw", Body=b"1\n0\n0\n-1\n0\n0\n")
+        uri = "s3://inspections/bridge"
+        remote = predict.run(cfg, uri, root / "model.onnx", tmp_path / "s3", progress=False)
+        assert len(remote.done) == 4 and not remote.failed
+        report = json.loads((tmp_path / "s3" / "mapped.json").read_text())
+        assert report["geojson"]["georeference"]["source"] == f"{uri}/mapped.pgw"
+        bad = json.loads((tmp_path / "s3" / "bad.json").read_text())["geojson"]["warning"]
+        assert f"{uri}/bad.jgw" in bad and "holds 4 values" in bad
+        again = predict.run(cfg, uri, root / "model.onnx", tmp_path / "s3", progress=False)
+        assert len(again.skipped) == 4
+        with pytest.raises(CirlError, match=r"no objects ending in \.jpg") as caught:
+            predict.run(cfg, "s3://inspections/maps", root / "model.onnx", tmp_path / "x", False)
+        assert ".jgw" not in str(caught.value)
+        with pytest.raises(CirlError, match=r"no objects ending in \.jpg") as caught:
+            predict.run(cfg, "s3://inspections/none", root / "model.onnx", tmp_path / "x", False)
+        assert ".jgw" not in str(caught.value)
+    predict.run(cfg, tmp_path / "in", root / "model.onnx", tmp_path / "local", progress=False)
+    for name in ("plain", "mapped", "geotiff"):  # the GeoJSON names the world file, not where
+        s3 = (tmp_path / "s3" / f"{name}_cracks.geojson").read_bytes()
+        assert s3 == (tmp_path / "local" / f"{name}_cracks.geojson").read_bytes(), name
+    assert json.loads(s3)["cirl:crs"] == "map"
 
 
 def test_predict_engines_agree(exported, tmp_path):

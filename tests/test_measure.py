@@ -302,6 +302,62 @@ def test_skan_cycle_is_one_closed_path():
     assert _chain_length(points, closed) == pytest.approx(2 * math.pi * 100, rel=0.005)
 
 
+def _centreline_shapes() -> dict[str, np.ndarray]:
+    ring = np.zeros((260, 260), np.uint8)
+    cv2.circle(ring, (130, 130), 90, 1, 5)
+    cross = band((301, 301), (150, 150), 30, 201, 5) | band((301, 301), (150, 150), 100, 201, 5)
+    return {
+        "horizontal": band((61, 301), (150, 30), 0, 201, 9),
+        "oblique": band((301, 301), (150, 150), 37, 201, 9),
+        "tapered": band((60, 340), (170, 30), 0, 301, 3, width_end=11),
+        "cross": cross,
+        "ring": ring.astype(bool),
+        "line": cv2.line(np.zeros((120, 240), np.uint8), (10, 100), (210, 17), 1, 1) > 0,
+    }
+
+
+@pytest.mark.parametrize("shape", sorted(_centreline_shapes()))
+def test_the_centreline_is_the_measured_skeleton(shape):
+    mask = _centreline_shapes()[shape]
+    crack = only(mask)
+    lines = crack.centreline
+    assert lines and all(len(line.points) == len(line.widths) >= 2 for line in lines)
+    # the polylines plus the end corrections are the length (vertices every 10 px or closer
+    # are skeleton pixels within 1 px of the measured polyline)
+    total = sum(line.length + sum(line.ends) for line in lines)
+    assert total == pytest.approx(crack.length_px, rel=0.005)
+    for line in lines:
+        xs, ys = np.asarray(line.points).T
+        assert mask[ys, xs].all()  # on the crack, in photo coordinates
+        steps = np.hypot(*np.diff(np.asarray(line.points, np.float64), axis=0).T)
+        assert steps.max() <= 10 * math.sqrt(2) + 1e-9 and steps.min() >= 1.0
+        assert max(line.widths) <= crack.max_width_px + 1e-9
+    assert (shape == "ring") == any(line.closed for line in lines)
+    # an oblique crossing may thin to two junctions joined by a short path
+    assert len(lines) in ((4, 5) if shape == "cross" else (1,))
+
+
+def test_the_centreline_widths_follow_a_tapered_crack():
+    crack = only(band((60, 340), (170, 30), 0, 301, 3, width_end=11))
+    (line,) = crack.centreline
+    xs = np.asarray(line.points)[:, 0]
+    widths = np.asarray(line.widths)
+    if xs[0] > xs[-1]:
+        xs, widths = xs[::-1], widths[::-1]
+    assert widths[0] == pytest.approx(3, abs=1) and widths[-1] == pytest.approx(11, abs=1)
+    assert np.all(np.diff(widths) >= -1.0)  # growing along the crack, within a pixel
+    expected = 3 + 8 * (xs - 20) / 301  # the band starts at x = 19.5
+    assert np.abs(widths - expected).max() <= 1.5
+
+
+def test_the_centreline_does_not_make_cracks_unequal():
+    crack = only(band((61, 301), (150, 30), 0, 201, 9))
+    bare = Crack(**{k: v for k, v in vars(crack).items() if k != "centreline"})
+    assert bare == crack and bare.centreline == ()
+    (plain,) = measure_cracks(band((61, 301), (150, 30), 0, 201, 9), centrelines=False)
+    assert plain == crack and plain.centreline == ()
+
+
 def test_small_blob_has_a_length():
     mask = np.zeros((10, 10), bool)
     mask[4:6, 4:6] = True  # Zhang-Suen deletes a 2x2 block entirely

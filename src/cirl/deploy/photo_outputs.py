@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -49,18 +49,30 @@ _OUTPUT_PARAMS = (
     "min_crack_pixels",
     "max_crack_width",
     "overlay_alpha",
+    "geojson",
+    "geo",
 )
 
 
 @dataclass(frozen=True)
 class _Photo:
-    """One input: where it is, its output name and what identifies its content."""
+    """One input: where it is, its output name and what identifies its content.
+
+    ``world`` is the world file found beside it (a path, or an ``s3://`` URI with
+    ``world_remote`` its object, fetched beside the downloaded photo), ``""`` when none;
+    ``world_fingerprint`` identifies its content, and ``world_error`` says why a remote one
+    could not be fetched.
+    """
 
     source: str
     name: str
     fingerprint: str
     local: Path | None = None
     remote: object = None
+    world: str = ""
+    world_fingerprint: str = ""
+    world_remote: object = None
+    world_error: str = ""
 
 
 def _local_fingerprint(path: Path) -> str:
@@ -68,18 +80,45 @@ def _local_fingerprint(path: Path) -> str:
     return f"size={stat.st_size};mtime_ns={stat.st_mtime_ns}"
 
 
+def _local_world(path: Path) -> tuple[str, str]:
+    """``(world file, its fingerprint)`` beside a local photo, ``("", "")`` when none."""
+    from cirl.deploy.geo import find_world_file
+
+    found = find_world_file(path)
+    if found is None:
+        return "", ""
+    try:
+        return str(found), f"{found.name};{_local_fingerprint(found)}"
+    except OSError:
+        return str(found), f"{found.name};unreadable"
+
+
+def _world_expected(photo: _Photo, cfg: PredictConfig) -> str:
+    """What ``NAME.json`` records of the world file its GeoJSON depends on (``""``: none)."""
+    return photo.world_fingerprint if cfg.geojson and cfg.geo == "auto" else ""
+
+
 def _finished(out: Path, photo: _Photo, engine, cfg: PredictConfig) -> dict | None:
-    """The report of an earlier run that already made this photo's outputs, if any."""
+    """The report of an earlier run that already made this photo's outputs, if any.
+
+    A report from before ``NAME_cracks.geojson`` existed has no ``geojson`` parameter, so
+    the photo is redone (and gets one); so is a photo whose world file appeared, changed or
+    went away since.
+    """
     try:
         report = json.loads((out / f"{photo.name}.json").read_text())
     except (OSError, ValueError):
         return None
+    geojson = report.get("geojson") if isinstance(report.get("geojson"), dict) else {}
     same = (
         report.get("image") == photo.source
         and report.get("input_fingerprint") == photo.fingerprint
         and report.get("model", {}).get("checkpoint_sha256")
         == engine.description.get("checkpoint_sha256")
         and all(report.get("params", {}).get(k) == getattr(cfg, k) for k in _OUTPUT_PARAMS)
+        and (
+            not cfg.geojson or geojson.get("world_file_fingerprint") == _world_expected(photo, cfg)
+        )
         and all((out / f).is_file() for f in report.get("outputs", []))
     )
     return report if same else None
@@ -90,6 +129,8 @@ _TIMED = ("read", "predict", "measure", "write")
 
 def _summary_row(photo: _Photo, status: str, report: dict | None, reason: str = "") -> dict:
     row = {"image": photo.source, "name": photo.name, "status": status, "reason": reason}
+    if report is not None and not reason:  # a done photo without its GeoJSON says why
+        row["reason"] = (report.get("geojson") or {}).get("warning") or ""
     if report is not None:
         cracks = report["cracks"]
         row.update(
@@ -115,8 +156,16 @@ MAX_ENDPOINT_FAILURES = 3
 up: a store that stopped answering fails every remaining photo, each after its timeouts."""
 
 
-OUTPUT_SUFFIXES = ("_mask.png", "_prob.png", "_overlay.jpg", "_cracks.csv", ".json")
-"""The files of one photo ``NAME``: ``NAME`` + each suffix."""
+OUTPUT_SUFFIXES = (
+    "_mask.png",
+    "_prob.png",
+    "_overlay.jpg",
+    "_cracks.csv",
+    "_cracks.geojson",
+    ".json",
+)
+"""The files of one photo ``NAME``: ``NAME`` + each suffix (``_cracks.geojson`` unless
+``geojson: false``, or its georeference could not be read: ``NAME.json`` says why)."""
 
 
 def _abandon(out: Path, photo: _Photo, rows: list[dict], result: PredictResult, exc: OSError):
@@ -158,13 +207,18 @@ def _prefetched(photos: list[_Photo], listing, folder: Path, skip: set[str]):
             yield photo, photo.local
         return
 
-    def fetch(photo: _Photo) -> Path | CirlError:
+    def fetch(photo: _Photo) -> tuple[_Photo, Path | CirlError]:
         path = folder / f"{photo.name}{Path(photo.remote.key).suffix.lower()}"
         try:
             listing.download(photo.remote, path)
         except CirlError as exc:
-            return exc
-        return path
+            return photo, exc
+        if photo.world_remote is not None:  # beside the copy, as beside the object
+            try:
+                listing.download(photo.world_remote, _fetched_world(path, photo))
+            except CirlError as exc:  # the photo is still processed, in pixel coordinates
+                photo = replace(photo, world_error=str(exc))
+        return photo, path
 
     with ThreadPoolExecutor(1) as pool:
         todo = [p for p in photos if p.name not in skip]
@@ -174,12 +228,19 @@ def _prefetched(photos: list[_Photo], listing, folder: Path, skip: set[str]):
             if photo.name in skip:
                 yield photo, None
                 continue
-            current = ahead.result()
+            fetched, current = ahead.result()
             index += 1
             ahead = pool.submit(fetch, todo[index]) if index < len(todo) else None
-            yield photo, current
+            yield fetched, current
             if isinstance(current, Path):
                 current.unlink(missing_ok=True)
+                if photo.world_remote is not None:
+                    _fetched_world(current, photo).unlink(missing_ok=True)
+
+
+def _fetched_world(local: Path, photo: _Photo) -> Path:
+    """Where the world file of a downloaded photo is put: beside its local copy."""
+    return local.with_name(f"{photo.name}{Path(photo.world_remote.key).suffix.lower()}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,18 +10,24 @@ strip of ``tile`` rows, not a float copy of a 36-megapixel image.
 
 Per photo ``NAME`` (its file stem) in the output folder:
 
-=====================  ===============================================================
-``NAME_mask.png``      binary crack map, 255 = crack (probability >= threshold)
-``NAME_prob.png``      probability, 8-bit (value / 255)
-``NAME_overlay.jpg``   the photo for people to look at: each measured crack in its own
-                       colour and numbered with its ``NAME_cracks.csv`` id (``id*``: a long
-                       straight line, possibly a joint or edge), unmeasured components grey,
-                       a legend (colours, threshold, count, longest and widest) and, with
-                       ``mm_per_pixel``, a scale bar (``photo_outputs.render_overlay``)
-``NAME.json``          report: sizes, conversions, model, engine, timings, crack summary
-``NAME_cracks.csv``    one row per connected crack: length, widths, orientation, straightness
-                       (px, and mm with ``mm_per_pixel``)
-=====================  ===============================================================
+=======================  =============================================================
+``NAME_mask.png``        binary crack map, 255 = crack (probability >= threshold)
+``NAME_prob.png``        probability, 8-bit (value / 255)
+``NAME_overlay.jpg``     the photo for people to look at: each measured crack in its own
+                         colour and numbered with its ``NAME_cracks.csv`` id (``id*``: a long
+                         straight line, possibly a joint or edge), unmeasured components grey,
+                         a legend (colours, threshold, count, longest and widest) and, with
+                         ``mm_per_pixel``, a scale bar (``photo_outputs.render_overlay``)
+``NAME.json``            report: sizes, conversions, model, engine, timings, crack summary
+``NAME_cracks.csv``      one row per connected crack: length, widths, orientation, straightness
+                         (px, and mm with ``mm_per_pixel``)
+``NAME_cracks.geojson``  the same cracks as GeoJSON features (``geojson: true``): each one's
+                         centreline and the width at each vertex, in pixel coordinates or, with
+                         ``geo: auto`` and a georeferenced photo (GeoTIFF tags, or a world file
+                         beside it, also beside an ``s3://`` object), in map coordinates
+                         (:mod:`~cirl.deploy.geo`); not written, with a warning in
+                         ``NAME.json``, when that georeference cannot be read
+=======================  =============================================================
 
 Over all photos: ``summary.csv`` (one row per photo: status, cracks, total length, widest
 crack, crack fraction, seconds, engine; rewritten after every photo) and ``predictions.json``
@@ -61,11 +67,14 @@ from cirl.data.remote import EndpointError
 from cirl.deploy.photo_outputs import (
     MAX_ENDPOINT_FAILURES,
     _abandon,
+    _fetched_world,
     _finished,
     _local_fingerprint,
+    _local_world,
     _Photo,
     _prefetched,
     _summary_row,
+    _world_expected,
     _write_summary,
     render_overlay,
 )
@@ -122,8 +131,14 @@ def _names(files: list[Path]) -> dict[Path, str]:
 def predict_one(
     path: Path, name: str, engine, cfg: PredictConfig, out: Path, photo: _Photo | None = None
 ) -> dict:
-    """Process one photo and write its five outputs (the report last); returns its report."""
+    """Process one photo and write its outputs (the report last); returns its report."""
     from cirl.deploy.measure import summarize
+
+    if photo is None:
+        world, world_fingerprint = _local_world(path)
+        photo = _Photo(
+            str(path), name, _local_fingerprint(path), path, None, world, world_fingerprint
+        )
 
     t0 = time.perf_counter()
     image_bgr, notes = read_image_with_notes(path)
@@ -142,10 +157,11 @@ def predict_one(
     # no report, so a failure half-way never leaves new outputs under an old report
     (out / f"{name}.json").unlink(missing_ok=True)
     _write_outputs(out, name, image_bgr, prob8, mask, cracks, cfg)
+    geojson = _write_geojson(out, name, path, photo, cracks, cfg, (w, h))
     t_write = time.perf_counter() - t0
     report = {
-        "image": photo.source if photo is not None else str(path),
-        "input_fingerprint": photo.fingerprint if photo is not None else _local_fingerprint(path),
+        "image": photo.source,
+        "input_fingerprint": photo.fingerprint,
         "name": name,
         "width": w,
         "height": h,
@@ -173,12 +189,14 @@ def predict_one(
             "write": t_write,
         },
         "megapixels_per_second": h * w / 1e6 / t_predict if t_predict > 0 else None,
+        "geojson": geojson,
         "outputs": [
             f"{name}_mask.png",
             f"{name}_prob.png",
             f"{name}_overlay.jpg",
             f"{name}.json",
             f"{name}_cracks.csv",
+            *([geojson["file"]] if geojson["file"] else []),
         ],
     }
     _write_bytes(out / f"{name}.json", (json.dumps(report, indent=2) + "\n").encode())
@@ -195,6 +213,7 @@ def _measure(path: Path, mask: np.ndarray, cfg: PredictConfig) -> tuple[list, li
         min_pixels=cfg.min_crack_pixels,
         max_width_px=cfg.max_crack_width,
         too_wide=too_wide,
+        centrelines=cfg.geojson,
     )
     if too_wide:
         log.warning(
@@ -240,6 +259,69 @@ def _write_outputs(
         write_cracks_csv(tmp, cracks, cfg.mm_per_pixel or None)
 
 
+def _write_geojson(
+    out: Path,
+    name: str,
+    path: Path,
+    photo: _Photo,
+    cracks: list,
+    cfg: PredictConfig,
+    size: tuple[int, int],
+) -> dict:
+    """``NAME_cracks.geojson`` (atomically), and what ``NAME.json`` says of it.
+
+    A georeference that cannot be read (a bad world file, unusable GeoTIFF tags, a world
+    file that could not be fetched) costs the photo its GeoJSON, not its other outputs: the
+    message goes to the log and to the returned ``warning``, and no file is written (an
+    older one is removed), so that map and pixel coordinates are never confused.
+    """
+    from cirl.deploy.geo import GEOJSON_SUFFIX, georeference, write_cracks_geojson
+
+    target = out / f"{name}{GEOJSON_SUFFIX}"
+    record: dict = {
+        "file": None,
+        "coordinates": None,
+        "georeference": None,
+        # a world file that could not be fetched is fetched again by the next run
+        "world_file_fingerprint": "not fetched"
+        if photo.world_error and cfg.geo == "auto"
+        else _world_expected(photo, cfg),
+        "warning": None,
+    }
+    if not cfg.geojson:
+        target.unlink(missing_ok=True)
+        return record
+    georef = None
+    try:
+        if cfg.geo == "auto":
+            if photo.world_error:
+                raise CirlError(
+                    f"{photo.world}: the world file could not be fetched ({photo.world_error})"
+                )
+            world = None
+            if photo.world_remote is not None:
+                world = _fetched_world(path, photo)
+            elif photo.world:
+                world = Path(photo.world)
+            georef = georeference(
+                path, world, photo_label=photo.source, world_label=photo.world or None
+            )
+    except CirlError as exc:
+        # a downloaded photo is named by its s3:// URI, not the temporary copy's path
+        message = str(exc).replace(str(path), photo.source)
+        log.warning("%s: no %s%s: %s", photo.source, name, GEOJSON_SUFFIX, message)
+        target.unlink(missing_ok=True)
+        return {**record, "warning": f"not written: {message}"}
+    with staged_file(target) as tmp:
+        write_cracks_geojson(tmp, cracks, f"{name}_cracks", cfg.mm_per_pixel or None, georef, size)
+    return {
+        **record,
+        "file": target.name,
+        "coordinates": "pixel" if georef is None else "map",
+        "georeference": None if georef is None else georef.describe(),
+    }
+
+
 def _warm_measure() -> None:
     """Import the measurement and compile its JIT paths on a tiny mask with a junction."""
     try:
@@ -254,21 +336,70 @@ def _warm_measure() -> None:
         log.debug("measurement warm-up failed: %s", exc)
 
 
-def _inputs(inputs: str | os.PathLike) -> tuple[list[_Photo], object]:
-    """The photos of ``inputs`` (file, folder or ``s3://`` prefix) and the remote listing."""
+def _inputs(inputs: str | os.PathLike, worlds: bool = True) -> tuple[list[_Photo], object]:
+    """The photos of ``inputs`` (file, folder or ``s3://`` prefix) and the remote listing,
+    each with the world file beside it, if any (looked for only with ``worlds``)."""
     from cirl.data.remote import is_s3_uri, list_objects
+    from cirl.deploy.geo import WORLD_SUFFIXES
 
     if is_s3_uri(str(inputs)):
-        listing = list_objects(str(inputs), IMAGE_SUFFIXES)
-        names = _names([Path(o.key) for o in listing.objects])
+        # one listing for the photos and the world files beside them; the refusal names the
+        # photos' suffixes only
+        listed, wanted = ", ".join(IMAGE_SUFFIXES + WORLD_SUFFIXES), ", ".join(IMAGE_SUFFIXES)
+        try:
+            listing = list_objects(str(inputs), IMAGE_SUFFIXES + WORLD_SUFFIXES)
+        except CirlError as exc:
+            if listed not in str(exc):
+                raise
+            raise type(exc)(str(exc).replace(listed, wanted)) from None
+        images = [o for o in listing.objects if o.key.lower().endswith(IMAGE_SUFFIXES)]
+        if not images:  # world files only
+            raise CirlError(
+                f"{inputs}: no objects ending in {wanted} under prefix "
+                f"{listing.prefix or '(bucket root)'!r} in bucket {listing.bucket!r}; check the "
+                "prefix and that the photos were uploaded"
+            )
+        found = {}
+        if worlds:
+            found = {o.key: o for o in listing.objects if o.key.lower().endswith(WORLD_SUFFIXES)}
+        names = _names([Path(o.key) for o in images])
         photos = [
-            _Photo(listing.uri_of(o), names[Path(o.key)], f"etag={o.etag}", remote=o)
-            for o in listing.objects
+            _remote_world(
+                _Photo(listing.uri_of(o), names[Path(o.key)], f"etag={o.etag}", remote=o),
+                listing,
+                found,
+            )
+            for o in images
         ]
         return photos, listing
     files = list_inputs(Path(inputs))
     names = _names(files)
-    return [_Photo(str(f), names[f], _local_fingerprint(f), local=f) for f in files], None
+    return [
+        _Photo(
+            str(f), names[f], _local_fingerprint(f), f, None, *(_local_world(f) if worlds else ())
+        )
+        for f in files
+    ], None
+
+
+def _remote_world(photo: _Photo, listing: Any, worlds: dict) -> _Photo:
+    """The photo with the world file beside its object (the first of GDAL's names), if any."""
+    from dataclasses import replace as with_fields
+
+    from cirl.deploy.geo import world_file_names
+
+    key = photo.remote.key
+    folder = key[: key.rfind("/") + 1]
+    for name in world_file_names(key[len(folder) :]):
+        found = worlds.get(folder + name)
+        if found is not None:
+            return with_fields(
+                photo,
+                world=listing.uri_of(found),
+                world_fingerprint=f"{found.key};etag={found.etag}",
+                world_remote=found,
+            )
+    return photo
 
 
 def run(
@@ -300,7 +431,7 @@ def run(
     """
     import tempfile
 
-    photos, listing = _inputs(inputs)
+    photos, listing = _inputs(inputs, cfg.geojson and cfg.geo == "auto")
     engine = _open_engine(cfg, model, tracking_uri)
     choice = engine.description.get("choice")
     threshold = decision_threshold(cfg, engine.description)

@@ -33,6 +33,11 @@ class PredictConfig:
         max_crack_width: connected regions wider than this (pixels) are not cracks (stains,
             shadows, or a model that does not fit the photos): reported, not measured.
         overlay_alpha: opacity of the crack colours in the overlay.
+        geojson: write ``NAME_cracks.geojson``, each crack's centreline with its widths (the
+            rows of ``NAME_cracks.csv`` as GeoJSON features, for inspection and GIS tools).
+        geo: coordinates of ``NAME_cracks.geojson``: ``auto``, map coordinates where the photo
+            is georeferenced (a GeoTIFF's own tags, or a world file beside it: ``NAME.jgw``,
+            ``.pgw``, ``.tfw``, ``.wld``...), else pixels; ``pixel``, always pixels.
         force: use a low-precision engine (int8, bf16) whose accuracy gate failed or never ran.
         resume: skip photos whose outputs are already in the output folder, made from the same
             photo with the same model and parameters.
@@ -49,6 +54,8 @@ class PredictConfig:
     min_crack_pixels: int = 20
     max_crack_width: float = 200.0
     overlay_alpha: float = 0.6
+    geojson: bool = True
+    geo: Literal["auto", "pixel"] = "auto"
     force: bool = False
     resume: bool = True
 
@@ -84,6 +91,8 @@ class PredictConfig:
             raise ValueError(f"key 'max_crack_width' must be > 0, got {self.max_crack_width}")
         if not 0 <= self.overlay_alpha <= 1:
             raise ValueError(f"key 'overlay_alpha' must be in [0, 1], got {self.overlay_alpha}")
+        if self.geo not in ("auto", "pixel"):
+            raise ValueError(f"key 'geo' must be auto or pixel, got {self.geo!r}")
 
 
 @dataclass

@@ -1,10 +1,13 @@
 """A crack mask's centreline: thinned to one pixel, walked as a graph, short spurs pruned, its
-length measured along the path and its orientation fitted.
+length measured along the path and its orientation fitted, and the polylines themselves
+(:func:`_centreline`, what ``NAME_cracks.geojson`` draws).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -14,6 +17,10 @@ from skimage.morphology import skeletonize
 
 _EPSILON_PX = 1.0
 """Tolerance of the polyline that replaces a skeleton chain (Douglas-Peucker), in pixels."""
+
+_VERTEX_SPACING_PX = 10.0
+"""Longest gap along the chain between two vertices of a centreline polyline (:class:`Polyline`):
+the widths are given at the vertices, so a straight crack has some along its length too."""
 
 
 _ISOTROPIC = 0.01
@@ -49,6 +56,168 @@ def _chain_length(points: np.ndarray, closed: bool) -> float:
         return float(np.hypot(*(points[1] - points[0])))
     curve = points.reshape(-1, 1, 2)
     return float(cv2.arcLength(cv2.approxPolyDP(curve, _EPSILON_PX, closed), closed))
+
+
+def _vertex_indices(points: np.ndarray, closed: bool) -> np.ndarray:
+    """Which pixels of a chain are the vertices of its centreline polyline.
+
+    Those of :func:`_chain_length`'s polyline (Douglas-Peucker within ``_EPSILON_PX``), and
+    more chain pixels between them wherever two would be more than ``_VERTEX_SPACING_PX``
+    apart along the chain, evenly spaced, so that the widths at the vertices follow the crack.
+
+    Args:
+        points: ``(N, 2)`` int32 pixel coordinates ``(x, y)`` in chain order.
+        closed: Whether the chain is a loop.
+
+    Returns:
+        Increasing indices into ``points``, the first and (open chain) the last included.
+    """
+    n = len(points)
+    if n <= 2:
+        return np.arange(n)
+    curve = np.ascontiguousarray(points, dtype=np.int32).reshape(-1, 1, 2)
+    kept = cv2.approxPolyDP(curve, _EPSILON_PX, closed).reshape(-1, 2)
+    # the kept pixels' places in the chain (a path never visits a pixel twice)
+    key = points[:, 0].astype(np.int64) << 32 | points[:, 1].astype(np.int64)
+    kept_key = kept[:, 0].astype(np.int64) << 32 | kept[:, 1].astype(np.int64)
+    corners = sorted({*np.flatnonzero(np.isin(key, kept_key)).tolist(), 0})
+    if not closed:
+        corners = sorted({*corners, n - 1})
+    # arc length along the chain (its 8-neighbour links), a closed chain's closing link too
+    chain = np.vstack([points, points[:1]]) if closed else points
+    arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(chain.astype(np.float64), axis=0).T))])
+    stops = [*corners, n] if closed else corners
+    out = []
+    for a, b in itertools.pairwise(stops):
+        out.append(a)
+        pieces = math.ceil((arc[b] - arc[a]) / _VERTEX_SPACING_PX - 1e-9)
+        for k in range(1, pieces):
+            target = arc[a] + (arc[b] - arc[a]) * k / pieces
+            i = int(np.searchsorted(arc, target))
+            i = i - 1 if i > 0 and target - arc[i - 1] < arc[i] - target else i
+            if out[-1] < i < b:
+                out.append(i)
+    if not closed:
+        out.append(stops[-1])
+    elif len(out) < 3:  # a tiny ring: a triangle at least, not a line there and back
+        out = [0, n // 3, (2 * n) // 3]
+    return np.asarray(out, dtype=np.int64)
+
+
+def _vertex_widths(profile: np.ndarray, vertices: np.ndarray, closed: bool) -> np.ndarray:
+    """The width at each vertex: the median of ``profile`` over the chain pixels nearer to it
+    than to the vertices before and after it along the chain (a ring wraps around)."""
+    n, m = len(profile), len(vertices)
+    if m == 1:
+        return profile[vertices].astype(np.float64)
+    mids = (vertices[:-1] + vertices[1:] + 1) // 2
+    lo = np.concatenate([[0], mids])
+    hi = np.concatenate([mids, [n]])
+    if closed:  # the pixels after the last vertex are nearer to the first: shift them there
+        wrap = (int(vertices[-1]) + n + 1) // 2
+        hi[-1] = wrap
+        lo[0] = wrap - n
+    # one row of each vertex's pixels, padded with +inf, sorted: the medians by their counts
+    count = hi - lo
+    index = lo[:, None] + np.arange(int(count.max()))[None, :]
+    values = profile.astype(np.float64)[index % n]
+    values[index >= hi[:, None]] = np.inf
+    values.sort(axis=1)
+    rows = np.arange(m)
+    return 0.5 * (values[rows, (count - 1) // 2] + values[rows, count // 2])
+
+
+@dataclass(frozen=True)
+class Polyline:
+    """One line of a crack's centreline, in the photo's pixel coordinates.
+
+    The centre of pixel (column, row) is at ``(column, row)``: x to the right, y down, the
+    convention of the crack table's ``cx``, ``cy`` and box.
+
+    Attributes:
+        points: ``(x, y)`` vertices, skeleton pixel centres, in order along the line: one skan
+            path (end or junction to end or junction), the vertices of the polyline its
+            length is measured on (within 1 px of the pixels) and more of its pixels where
+            those would be more than ``_VERTEX_SPACING_PX`` (10) px apart. A lone-pixel
+            skeleton (a small blob) is one point.
+        widths: The width at each vertex, aligned with ``points``: the median of the width
+            profile ``2 * d - 1`` (``d`` the distance transform the crack's widths are measured
+            on) over the skeleton pixels nearer to that vertex than to its neighbours along
+            the line, so that the crack's ends and junctions do not read narrow or wide.
+        closed: A ring: the line goes on from its last vertex back to its first (which is not
+            repeated in ``points``).
+        ends: ``(start, stop)``: the length the crack goes on past that vertex, ``d - 0.5``
+            where the vertex is a skeleton end (the end correction of the crack's length),
+            else 0.
+    """
+
+    points: tuple[tuple[int, int], ...]
+    widths: tuple[float, ...]
+    closed: bool = False
+    ends: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def length(self) -> float:
+        """Length of the polyline through the vertices (a ring closed), without ``ends``."""
+        pts = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
+        if len(pts) < 2:
+            return 0.0
+        if self.closed:
+            pts = np.vstack([pts, pts[:1]])
+        return float(np.hypot(*np.diff(pts, axis=0).T).sum())
+
+
+def _centreline(
+    skeleton: np.ndarray,
+    graph: skan.Skeleton | None,
+    dist: np.ndarray,
+    offset: tuple[int, int] = (0, 0),
+) -> tuple[Polyline, ...]:
+    """A skeleton as polylines (:class:`Polyline`), one per skan path.
+
+    The sum of the polylines' lengths plus their ``ends`` is within a fraction of a percent of
+    :func:`_skeleton_length` (the vertices added every 10 px are pixels within 1 px of its
+    polyline); a lone pixel is one single-point line with both ends ``d - 0.5``.
+
+    Args:
+        skeleton: ``(H, W)`` uint8 0/1.
+        graph: skan's graph of ``skeleton``; None when it is a single pixel.
+        dist: ``(H, W)`` distance transform of the component.
+        offset: ``(x, y)`` added to the coordinates (the component box's place in the photo).
+
+    Returns:
+        The lines, in skan's path order.
+    """
+    ox, oy = offset
+    if graph is None:
+        rows, cols = np.nonzero(skeleton)
+        if not rows.size:
+            return ()
+        d = float(dist[rows[0], cols[0]])
+        point = ((int(cols[0]) + ox, int(rows[0]) + oy),)
+        return (Polyline(point, (2.0 * d - 1.0,), False, (d - 0.5, d - 0.5)),)
+    lines = []
+    for index in range(graph.n_paths):
+        points, closed = _path_points(graph, index)
+        d = dist[points[:, 1], points[:, 0]].astype(np.float64)
+        vertices = _vertex_indices(points, closed)
+        widths = _vertex_widths(2.0 * d - 1.0, vertices, closed)
+        ends = (0.0, 0.0)
+        if not closed:
+            path = graph.path(index)
+            ends = (
+                float(d[0]) - 0.5 if graph.degrees[path[0]] == 1 else 0.0,
+                float(d[-1]) - 0.5 if graph.degrees[path[-1]] == 1 else 0.0,
+            )
+        lines.append(
+            Polyline(
+                tuple((int(points[i, 0]) + ox, int(points[i, 1]) + oy) for i in vertices),
+                tuple(float(w) for w in widths),
+                bool(closed),
+                ends,
+            )
+        )
+    return tuple(lines)
 
 
 def _path_points(graph: skan.Skeleton, index: int) -> tuple[np.ndarray, bool]:
