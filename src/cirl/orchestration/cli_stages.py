@@ -484,8 +484,10 @@ COMMANDS: tuple[Command, ...] = (
         "predict",
         "crack maps, overlays and crack measurements for photos of any size",
         "Sliding-window prediction with blended overlaps. Writes per photo NAME_mask.png, "
-        "NAME_prob.png, NAME_overlay.jpg, NAME.json and NAME_cracks.csv (length, width, "
-        "orientation of each connected crack), and over all photos summary.csv and "
+        "NAME_prob.png, NAME_overlay.jpg (cracks numbered as the CSV's rows), NAME.json, "
+        "NAME_cracks.csv (length, width, orientation of each connected crack) and "
+        "NAME_cracks.geojson (their centrelines; map coordinates with a world file or GeoTIFF "
+        "tags), and over all photos summary.csv and "
         "predictions.json. The input is a photo, a folder or an s3://bucket/prefix. Photos "
         "already done by an earlier run (same photo, model and parameters) are skipped, so an "
         "interrupted batch resumes. --engine auto (default) uses the fastest engine on this "

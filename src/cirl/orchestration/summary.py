@@ -71,7 +71,7 @@ def summary_text(out: str | os.PathLike) -> str:
         ("eval", "metrics.json, per_image.csv, pr_curve.png, overlays/"),
         ("report.html", "evaluation report: scores, PR curve, best/worst overlays"),
         ("select.html", "ambiguous-region selection report"),
-        ("predict", "predictions on unseen photos: masks, overlays, crack measurements"),
+        ("predict", "predictions on unseen photos: masks, overlays, cracks as CSV and GeoJSON"),
         ("audit", "audit.md, audit.json: lineage of the champion, data and scores verified"),
     ]
     lines.append("  outputs:")
