@@ -59,7 +59,7 @@ def _rank(rank, size, port, data, out):
     model = _new_model(CFG)
     with distributed.joined(distributed.World.from_env(), torch.device("cpu")):
         distributed.global_batch_norm(model)
-        ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+        ddp = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
         batch = _batch(data, [rank])  # this process's half of the global batch [0, 1]
         loss, parts = compute_loss(CFG, ddp(batch["image"]), batch, None)
         loss.backward()

@@ -236,7 +236,8 @@ def _data_parallel(model: Any, world: World, device: torch.device) -> Any:
 
     global_batch_norm(model)
     ids = [world.local_rank] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    # buffers need no sync: batch norm keeps them equal on every process (global statistics)
+    return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
 
 class _RankBatches:

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from cirl.errors import CirlError
+from cirl.orchestration import task_inference
 from cirl.orchestration.cli_options import HelpFormatter, _print_json, add_help, inputs_first
 
 
@@ -18,6 +19,11 @@ def _pipeline_arguments(args: argparse.Namespace) -> dict:
     arguments: dict[str, Any] = {}
     if args.package is None:
         args.package = str(pipeline.default_package())
+    if task_inference.is_inference_package(args.package):  # --set out=..., predict.KEY=...
+        return task_inference.pipeline_arguments(
+            args.package, args.source, args.params, args.set, _code_version(args),
+            args.baseline, args.source_format,
+        )  # fmt: skip
     if getattr(args, "source", None):
         source = args.source
         if "://" not in source:  # local tasks run in other folders: make it absolute
@@ -31,11 +37,17 @@ def _pipeline_arguments(args: argparse.Namespace) -> dict:
     arguments.update(pipeline.stage_arguments(args.params, overrides, args.package))
     if args.baseline is not None:
         arguments["with_baseline"] = args.baseline
+    arguments["code_version"] = _code_version(args)
+    return arguments
+
+
+def _code_version(args: argparse.Namespace) -> str:
+    from cirl.orchestration import pipeline
+
     image = getattr(args, "image", None) or ""
     # on a cluster the image is the code: its digest keys the cache and is what an audit needs
     digest = image.split("@", 1)[1] if "@sha256:" in image else None
-    arguments["code_version"] = args.code_version or digest or pipeline.code_version()
-    return arguments
+    return args.code_version or digest or pipeline.code_version()
 
 
 def _package(args: argparse.Namespace, tmp_dir: str) -> str:
@@ -63,13 +75,12 @@ def _cmd_pipeline_run(args: argparse.Namespace) -> int:
     if not args.source:
         raise CirlError("--source is required: a raw dataset folder or s3://bucket/prefix")
     with tempfile.TemporaryDirectory() as tmp:
-        result = pipeline.run_local(
-            _package(args, tmp),
-            _pipeline_arguments(args),
-            args.out,
-            runner=args.runner,
-            cache=args.cache,
-        )
+        package = _package(args, tmp)
+        arguments = _pipeline_arguments(args)
+        if task_inference.is_inference_package(package):
+            return _inference_run(package, arguments, args)
+        result = pipeline.run_local(package, arguments, args.out, runner=args.runner,
+                                    cache=args.cache)  # fmt: skip
     _print_json(
         {
             "out": str(result.out),
@@ -84,6 +95,21 @@ def _cmd_pipeline_run(args: argparse.Namespace) -> int:
         }
     )
     return 0
+
+
+def _inference_run(package: str, arguments: dict, args: argparse.Namespace) -> int:
+    """The inference package here: its summary on stdout; exit status 1 if a photo failed."""
+    out = INFERENCE_RUN_DIR if args.out == DEFAULT_RUN_DIR else args.out
+    result = task_inference.run_local(package, arguments, out, runner=args.runner)
+    _print_json(result)
+    failed = result["counts"]["failed"]
+    if failed:
+        print(
+            f"error: {failed} of {result['photos']} photo(s) failed; reasons in "
+            f"{result['outputs']['merge.json']}",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 def _cmd_pipeline_show(args: argparse.Namespace) -> int:
@@ -139,6 +165,7 @@ def _cmd_pipeline_schedule(args: argparse.Namespace) -> int:
 # Where `make run` writes (the Makefile's RUNS): `pipeline run` writes there and `pipeline show`
 # reads there unless --out says otherwise, so that the two agree with each other and with make.
 DEFAULT_RUN_DIR = "runs/synth"
+INFERENCE_RUN_DIR = "runs/inference"  # the inference package's, when --out is not given
 
 
 def _verb_parser(verbs: argparse._SubParsersAction, name: str, **kwargs: Any):
@@ -220,7 +247,10 @@ def _add_extra_commands(sub: argparse._SubParsersAction) -> None:
         description=(
             "Run every task on this machine. KFP writes the outputs under OUT/kfp/<run>/; "
             "OUT/prepared, phase1, select, phase2, eval, report.html, export and model.onnx "
-            "link to the latest run's, and OUT/pipeline_run.json records the run."
+            "link to the latest run's, and OUT/pipeline_run.json records the run. With "
+            "--package pipelines/inference.yaml: the model over every photo of --source, "
+            "each --set one of out=DIR_OR_URI (required), shards=N, model=URI, "
+            f"predict.KEY=VALUE (OUT default {INFERENCE_RUN_DIR}; docs/inference.md)."
         ),
     )
     groups = common(q, "raw dataset folder or s3://bucket/prefix")
