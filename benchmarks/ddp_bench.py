@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -138,8 +137,10 @@ def main() -> int:
         abs(a - b) / abs(a)
         for a, b in zip(rows[names[0]]["losses"], rows[names[1]]["losses"], strict=True)
     )
+    from cirl.host import cpu
+
     result = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "steps": args.steps,
