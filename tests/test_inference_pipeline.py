@@ -255,7 +255,13 @@ def test_pipeline_over_s3_equals_plain_predict_records_the_version_and_resumes(
     alone = predict.run(cfg, SOURCE, f"models:/{NAME}@champion", plain, progress=False)
     assert len(alone.done) == 6 and len(alone.failed) == 1
 
+    import builtins
+    import logging
+
+    printer, handlers = builtins.print, logging.getLogger().handlers[:]
     assert _pipeline(tmp_path / "run", f"s3://{RESULTS}/week1") == 1  # one photo failed
+    # the local runner's threaded ParallelFor leaves print and the root logger as they were
+    assert builtins.print is printer and logging.getLogger().handlers == handlers
     printed = json.loads(capsys.readouterr().out)
     assert printed["counts"] == {"done": 6, "skipped": 0, "failed": 1}
     assert printed["shards"] == 3 and printed["failed"][0]["image"] == f"{SOURCE}/broken.jpg"

@@ -226,8 +226,8 @@ def test_predict_gives_up_on_an_endpoint_that_stopped_answering(s3_env, onnx_mod
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     listed = cirl.deploy.predict._inputs
 
-    def list_then_pause(inputs):
-        found = listed(inputs)
+    def list_then_pause(inputs, *args, **kwargs):
+        found = listed(inputs, *args, **kwargs)
         os.kill(s3_env.pid, signal.SIGSTOP)
         return found
 

@@ -231,8 +231,13 @@ def test_evaluate_and_select_results_become_metrics(store, tmp_path):
         "test_ods_threshold": 0.4,
     }
     paths = {a.path for a in client.list_artifacts(run.run_id, "outputs")}
-    assert paths == {"outputs/metrics.json", "outputs/per_image.csv", "outputs/overlays"}
-    assert client.get_run(run2.run_id).data.metrics == {"gamma": 0.4, "selected_fraction": 0.1}
+    assert paths == {"outputs/metrics.json", "outputs/per_image.csv", "outputs/overlays",
+                     "outputs/report.html"}  # fmt: skip
+    # the threshold a selection used is a setting: a tag, not a metric to chart
+    selected = client.get_run(run2.run_id).data
+    assert selected.metrics == {"selected_fraction": 0.1}
+    assert selected.tags["cirl.selection_threshold"] == "0.4"
+    assert selected.tags["cirl.selected_fraction"] == "0.1"
 
 
 def test_metrics_that_fail_to_send_are_sent_with_the_next_epoch(store, monkeypatch):

@@ -237,7 +237,11 @@ class StageRun(NullRun):
 
         render = pages.selection_page if stage == "select" else pages.evaluation_page
         with tempfile.TemporaryDirectory() as tmp:
-            page = render(out, embed=True).write(Path(tmp) / pages.PAGE)
+            try:
+                page = render(out, embed=True).write(Path(tmp) / pages.PAGE)
+            except (CirlError, KeyError, TypeError, ValueError) as exc:  # a page, not the stage
+                log.warning("no report page for the %s run: %s", stage, one_line(exc))
+                return
             self.log_artifact(page, "outputs")
 
 
@@ -266,7 +270,7 @@ def _outcome_tags(stage: str, out: Path) -> dict[str, str]:
     elif stage == "select" and (out / "summary.json").is_file():
         summary = json.loads((out / "summary.json").read_text())
         fraction = float(summary.get("selected_fraction") or 0.0)
-        tags[Tag.SELECTION_THRESHOLD] = str(summary.get("threshold"))
+        tags[Tag.SELECTION_THRESHOLD] = str(summary.get("threshold", summary.get("gamma")))
         tags[Tag.SELECTED_FRACTION] = repr(fraction)
         text = (
             f"Ambiguous pixels A: {fraction:.2%} of the marginal ring ({summary.get('rule')} rule,"

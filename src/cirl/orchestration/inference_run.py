@@ -136,6 +136,26 @@ def _absolute_registry(package: str | os.PathLike, arguments: dict[str, Any]) ->
         arguments["tracking_params"] = values
 
 
+@contextlib.contextmanager
+def _process_state_kept():
+    """Undo what KFP's local runner leaves behind when a ``ParallelFor`` runs its iterations in
+    threads: each iteration swaps ``builtins.print`` for an indenting one and the root logger's
+    handlers for one on the current ``sys.stdout``, and restores what it saw on entry, so two
+    overlapping iterations leave the other's swap in place (kfp 2.17.3): every later ``print``
+    indented, a handler on a stream that may be closed."""
+    import builtins
+    import logging
+
+    root = logging.getLogger()
+    printer, handlers, level = builtins.print, root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        builtins.print = printer
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def run_local(
     package: str | os.PathLike,
     arguments: Mapping[str, Any],
@@ -184,7 +204,7 @@ def run_local(
     record: dict[str, Any] = {"package": str(package), "arguments": arguments, "runner": runner}
     t0 = time.perf_counter()
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the command's JSON
+        with contextlib.redirect_stdout(sys.stderr), _process_state_kept():  # stdout: the JSON
             task = pipeline(**arguments)
     except RuntimeError as exc:
         record.update(status="failed", seconds=round(time.perf_counter() - t0, 2),
