@@ -127,27 +127,30 @@ def _finished(out: Path, photo: _Photo, engine, cfg: PredictConfig) -> dict | No
 _TIMED = ("read", "predict", "measure", "write")
 
 
+def report_columns(report: dict) -> dict:
+    """A done photo's columns of ``summary.csv``, from its ``NAME.json``."""
+    cracks = report["cracks"]
+    return {
+        "cracks": cracks["count"],
+        "total_length_px": cracks["total_length_px"],
+        "max_width_px": cracks["max_width_px"],
+        "longest_length_px": cracks["longest_length_px"],
+        "total_length_mm": cracks.get("total_length_mm", ""),
+        "max_width_mm": cracks.get("max_width_mm", ""),
+        "crack_fraction": round(report["crack_fraction"], 6),
+        "width": report["width"],
+        "height": report["height"],
+        "seconds": round(sum(report["seconds"].get(k, 0.0) for k in _TIMED), 3),
+        "engine": report["engine"],
+    }
+
+
 def _summary_row(photo: _Photo, status: str, report: dict | None, reason: str = "") -> dict:
     row = {"image": photo.source, "name": photo.name, "status": status, "reason": reason}
     if report is not None and not reason:  # a done photo without its GeoJSON says why
         row["reason"] = (report.get("geojson") or {}).get("warning") or ""
     if report is not None:
-        cracks = report["cracks"]
-        row.update(
-            {
-                "cracks": cracks["count"],
-                "total_length_px": cracks["total_length_px"],
-                "max_width_px": cracks["max_width_px"],
-                "longest_length_px": cracks["longest_length_px"],
-                "total_length_mm": cracks.get("total_length_mm", ""),
-                "max_width_mm": cracks.get("max_width_mm", ""),
-                "crack_fraction": round(report["crack_fraction"], 6),
-                "width": report["width"],
-                "height": report["height"],
-                "seconds": round(sum(report["seconds"].get(k, 0.0) for k in _TIMED), 3),
-                "engine": report["engine"],
-            }
-        )
+        row.update(report_columns(report))
     return row
 
 

@@ -56,7 +56,6 @@ TOP_LEVEL = ("out", "model", "shards")
 GROUPS = ("predict", "tracking")
 
 
-_TIMED = ("read", "predict", "measure", "write")
 
 
 RUNTIME_PARAMS = ("engine", "batch", "threads", "device", "force", "resume", "threshold")

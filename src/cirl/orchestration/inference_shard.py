@@ -19,7 +19,6 @@ from typing import Any
 
 from cirl.errors import CirlError
 from cirl.orchestration.inference_io import (
-    _TIMED,
     CHUNK,
     PARTITION,
     PIPELINE_NAME,
@@ -141,22 +140,9 @@ def summary_row(photo: Mapping[str, Any], status: str, report: Mapping | None = 
         geojson = report.get("geojson")
         row["reason"] = (geojson.get("warning") if isinstance(geojson, Mapping) else "") or ""
     if report is not None:
-        cracks = report["cracks"]
-        row.update(
-            {
-                "cracks": cracks["count"],
-                "total_length_px": cracks["total_length_px"],
-                "max_width_px": cracks["max_width_px"],
-                "longest_length_px": cracks["longest_length_px"],
-                "total_length_mm": cracks.get("total_length_mm", ""),
-                "max_width_mm": cracks.get("max_width_mm", ""),
-                "crack_fraction": round(report["crack_fraction"], 6),
-                "width": report["width"],
-                "height": report["height"],
-                "seconds": round(sum(report["seconds"].get(k, 0.0) for k in _TIMED), 3),
-                "engine": report["engine"],
-            }
-        )
+        from cirl.deploy.photo_outputs import report_columns
+
+        row.update(report_columns(report))
     return {k: _cell(row.get(k)) for k in SUMMARY_COLUMNS}
 
 

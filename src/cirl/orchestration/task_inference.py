@@ -32,7 +32,6 @@ Artifacts are duck-typed as in :mod:`cirl.orchestration.tasks` (``path``, ``meta
 """
 
 from cirl.orchestration.inference_io import (  # noqa: F401
-    _TIMED,
     CHUNK,
     DEFAULT_MODEL,
     GROUPS,
