@@ -60,14 +60,7 @@ class Outputs(NamedTuple):
 
 def group_params(params_file: Path) -> dict[str, dict[str, Any]]:
     """The ``predict`` and ``tracking`` groups resolved from ``params_file``, as plain values."""
-    from cirl import config
-
-    groups = {}
-    for group in GROUPS:
-        values = config.load_group(params_file, group)
-        cfg = config.from_mapping(config.stage_config(group), values, f"{params_file}:{group}")
-        groups[group] = config.to_dict(cfg)
-    return groups
+    return training.stage_params(params_file, groups=GROUPS)
 
 
 def build_pipeline(

@@ -57,15 +57,8 @@ class Outputs(NamedTuple):
 
 
 def group_params(params_file: Path) -> dict[str, dict[str, Any]]:
-    """Each group resolved from ``params_file`` as plain values (checked by its dataclass)."""
-    from cirl import config
-
-    groups = {}
-    for group in (*GROUPS, "tracking"):
-        values = config.load_group(params_file, group)
-        cfg = config.from_mapping(config.stage_config(group), values, f"{params_file}:{group}")
-        groups[group] = config.to_dict(cfg)
-    return groups
+    """The sweep's groups and ``tracking`` resolved from ``params_file``, as plain values."""
+    return training.stage_params(params_file, groups=(*GROUPS, "tracking"))
 
 
 def build_pipeline(

@@ -78,18 +78,21 @@ class Outputs(NamedTuple):
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
-def stage_params(params_file: Path, profile: "Path | None" = None) -> dict[str, dict[str, Any]]:
-    """Each stage group resolved from ``params_file`` (then ``profile``) as plain values."""
+def stage_params(
+    params_file: Path, profile: "Path | None" = None, groups: "tuple[str, ...] | None" = None
+) -> dict[str, dict[str, Any]]:
+    """Each stage group (``groups``, default the training pipeline's) resolved from
+    ``params_file`` (then ``profile``) as plain values, checked by its dataclass."""
     from cirl import config
 
-    groups = {}
-    for group in config.PIPELINE_GROUPS:
+    resolved = {}
+    for group in groups or config.PIPELINE_GROUPS:
         values = config.load_group(params_file, group)
         if profile is not None:
             values.update(config.load_group(profile, group))
         cfg = config.from_mapping(config.stage_config(group), values, f"{params_file}:{group}")
-        groups[group] = config.to_dict(cfg)
-    return groups
+        resolved[group] = config.to_dict(cfg)
+    return resolved
 
 
 @dataclass(frozen=True)
