@@ -32,17 +32,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import matmul_gflops  # noqa: E402  (the same ceiling, measured the same way)
 
 
 def step_flops(cfg) -> float:
@@ -99,7 +90,7 @@ def main() -> int:
         base, epochs=1, steps_per_epoch=args.steps, precision="fp32", channels_last=False,
         device="cpu", verify_data=False, val_every=1,
     )  # fmt: skip
-    ceiling = matmul_gflops()
+    ceiling = matmul_gflops(torch.float32)
     flops = step_flops(base)
     arms = {"1 process": dataclasses.replace(base, nproc=1),
             f"{args.nproc} processes": dataclasses.replace(base, nproc=args.nproc)}  # fmt: skip
