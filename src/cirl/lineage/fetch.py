@@ -39,7 +39,10 @@ class FetchedModel:
     name: str
     version: str
     path: Path
-    run_id: str | None
+    run_id: str | None  # the run holding its files (:func:`files_run_id`)
+    alias: str | None = None  # the alias ``uri`` named, if any
+    training_run_id: str | None = None  # the version's own run: the training that made it
+    registry: str | None = None  # the store it was resolved in
 
 
 def _tracking(tracking: TrackingConfig | None) -> TrackingConfig:
@@ -147,6 +150,7 @@ def fetch_model(
     tracking_uri: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     timeout: float = 5.0,
+    store_setting: str = "--tracking-uri",
 ) -> FetchedModel:
     """Resolve ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` to a local ``.onnx`` file.
 
@@ -173,12 +177,12 @@ def fetch_model(
         client, store = open_store(tracking_uri, timeout, must_exist=True)
     except CirlError as exc:
         raise CirlError(f"cannot resolve {uri}: {exc}") from None
-    version, _ = resolve_version(
+    version, alias = resolve_version(
         client,
         store,
         uri,
         "resolve",
-        unknown_fix="register one with `cirl register`, or set --tracking-uri / "
+        unknown_fix=f"register one with `cirl register`, or set {store_setting} / "
         "MLFLOW_TRACKING_URI to the registry that holds it",
         alias_fix="promote a version with `cirl promote`, or use one of the aliases",
     )
@@ -218,7 +222,16 @@ def fetch_model(
             shutil.rmtree(staging, ignore_errors=True)
             raise artifact_error(exc, f"{uri} (version {version.version})") from None
         found = _fp32_models(folder)
-    return FetchedModel(uri, name, str(version.version), found[0], files_run_id(version))
+    return FetchedModel(
+        uri,
+        name,
+        str(version.version),
+        found[0],
+        files_run_id(version),
+        alias,
+        version.run_id,
+        store,
+    )
 
 
 def files_run_id(version: Any) -> str:

@@ -56,8 +56,6 @@ TOP_LEVEL = ("out", "model", "shards")
 GROUPS = ("predict", "tracking")
 
 
-
-
 RUNTIME_PARAMS = ("engine", "batch", "threads", "device", "force", "resume", "threshold")
 
 
@@ -221,33 +219,21 @@ def resolve_model(model: str, tracking: TrackingParams = None) -> dict:
     timeout = cfg.tracking_timeout if cfg else 5.0
     record: dict[str, Any] = {"requested": model, "name": None, "version": None, "alias": None}
     if is_registry_uri(model):
-        from cirl.lineage.fetch import fetch_model, files_run_id, parse_model_uri, resolve_version
-        from cirl.lineage.store import open_store
+        from cirl.lineage.fetch import fetch_model
 
-        name = parse_model_uri(model)[0]
-        try:
-            client, store = open_store(store_uri, timeout, must_exist=True)
-        except CirlError as exc:
-            raise CirlError(f"cannot resolve {model}: {exc}") from None
-        version, alias = resolve_version(
-            client,
-            store,
-            model,
-            "resolve",
-            unknown_fix="register one with `cirl register`, or set tracking.tracking_uri / "
-            "MLFLOW_TRACKING_URI to the registry that holds it",
-            alias_fix="promote a version with `cirl promote`, or name one of the aliases",
+        # resolved once, here: the alias's version now, its ONNX file fetched
+        fetched = fetch_model(
+            model, tracking_uri=store_uri, timeout=timeout, store_setting="tracking.tracking_uri"
         )
-        fixed = f"models:/{name}/{version.version}"
-        path = fetch_model(fixed, tracking_uri=store, timeout=timeout).path  # has its ONNX file
+        path = fetched.path
         record.update(
-            name=name,
-            version=str(version.version),
-            alias=alias,
-            uri=fixed,
-            run_id=version.run_id,
-            files_run_id=files_run_id(version),
-            registry=store,
+            name=fetched.name,
+            version=fetched.version,
+            alias=fetched.alias,
+            uri=f"models:/{fetched.name}/{fetched.version}",
+            run_id=fetched.training_run_id,
+            files_run_id=fetched.run_id,
+            registry=fetched.registry,
         )
     else:
         path = Path(model)
