@@ -347,3 +347,42 @@ def test_write_report_leaves_nothing_on_failure(tmp_path: Path):
     assert (previous / "metrics.json").read_text() == before
     assert not (previous / "overlays").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def _photo(crack: list[float], false_positive: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """A 1-row image: crack pixels at the given probabilities, then background pixels."""
+    prob = np.array([crack + false_positive + [0.0] * 10], np.float32)
+    truth = np.zeros_like(prob, bool)
+    truth[0, : len(crack)] = True
+    return prob, truth
+
+
+def test_held_out_gain_rejects_a_threshold_one_photo_chose():
+    """Photo a has 40 background pixels at 0.55 (F1 1/3 at 0.5, 1 above 0.55); photos b and c
+    have 3 of their 10 crack pixels at 0.52 (F1 1 at 0.5, 0.82 above 0.52). The split's best
+    mean F1 is at 0.56 (0.882 against 0.778 at 0.5), but each photo scored at the threshold the
+    other two choose loses: a gets 0.5 (gain 0), b and c get 0.56 (-0.176 each)."""
+    metrics = SegmentationMetrics()
+    metrics.add("a", *_photo([0.95] * 10, [0.55] * 40))
+    metrics.add("b", *_photo([0.9] * 7 + [0.52] * 3, []))
+    metrics.add("c", *_photo([0.9] * 7 + [0.52] * 3, []))
+    best, f1 = metrics.best_mean_f1()
+    assert best == pytest.approx(0.56) and f1 == pytest.approx((1 + 2 * 14 / 17) / 3)
+    held = metrics.held_out_gain(["a", "b", "c"])
+    assert held["folds"] == 3
+    assert held["thresholds"] == pytest.approx({"a": 0.5, "b": 0.56, "c": 0.56})
+    assert held["gain"] == pytest.approx((0 + 2 * (14 / 17 - 1)) / 3)
+    # tiles of one photo are one fold: a threshold is never checked on its own photo
+    assert metrics.held_out_gain(["p", "p", "p"]) == {"folds": 1, "gain": None, "thresholds": {}}
+    with pytest.raises(ValueError, match="2 group names for 3 images"):
+        metrics.held_out_gain(["a", "b"])
+
+
+def test_held_out_gain_adopts_a_threshold_every_photo_shares():
+    """Every photo has background pixels at 0.55: each fold chooses 0.56 and gains."""
+    metrics = SegmentationMetrics()
+    for name in "abc":
+        metrics.add(name, *_photo([0.95] * 10, [0.55] * 40))
+    held = metrics.held_out_gain(list("abc"))
+    assert held["thresholds"] == pytest.approx(dict.fromkeys("abc", 0.56))
+    assert held["gain"] == pytest.approx(1 - 1 / 3)

@@ -238,3 +238,16 @@ def test_a_calibration_that_scores_below_half_is_said():
     assert "scores lower on the test split than 0.5 (0.2300 < 0.3300)" in worse
     better = {**calibration, "scored": {"split": "test", "f1": 0.40, "pooled": {"f1": 0.5}}}
     assert "lower" not in calibration_sentence({"f1": 0.33, "threshold_calibration": better})
+
+
+def test_a_calibration_that_did_not_hold_up_is_said_and_not_used():
+    from cirl.method.pages import calibration_sentence
+
+    calibration = {"split": "val", "images": 36, "photos": 3, "threshold": 0.5, "best": 0.89,
+                   "adopted": False, "why": "the val split's best (0.89) does not hold up",
+                   "f1": 0.30, "scored": {"split": "test", "f1": 0.33, "pooled": {"f1": 0.4}},
+                   "best_scored": {"split": "test", "f1": 0.23}}  # fmt: skip
+    text = calibration_sentence({"f1": 0.33, "threshold_calibration": calibration})
+    assert text.startswith("Decision threshold 0.5, not calibrated: the val split's best (0.89)")
+    assert "would score per-image F1 0.2300 against 0.3300" in text
+    assert "lower" not in text  # 0.5 is what predict uses: nothing scores below it

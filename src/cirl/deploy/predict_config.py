@@ -127,6 +127,11 @@ def decision_threshold(cfg: PredictConfig, model: dict) -> dict:
             "(export it with `cirl export --evaluation EVAL`)",
         }
     calibration = model.get("threshold_calibration") or {}
+    if calibration.get("adopted") is False:
+        return {
+            "value": float(recorded),
+            "source": f"{float(recorded):g}, recorded in the model: {calibration.get('why')}",
+        }
     return {
         "value": float(recorded),
         "source": f"calibrated on the {calibration.get('split', 'val')} split "

@@ -334,6 +334,39 @@ class SegmentationMetrics:
         best, index = self._best(mean)
         return float(self.grid[int(index)]), float(best)
 
+    def held_out_gain(self, groups: Sequence[str]) -> dict:
+        """What choosing :meth:`best_mean_f1`'s threshold gains over the operating threshold on
+        images it was not chosen on: leave-one-group-out over ``groups`` (one name per image,
+        in the order added: the photo each tile comes from, so that tiles of one photo never
+        choose their own threshold).
+
+        For each group the threshold is chosen on the other groups' images (the same rule:
+        best mean per-image F1, ties nearest the operating threshold) and the group's images
+        are scored at it and at the operating threshold.
+
+        Returns:
+            ``folds`` (groups), ``gain`` (mean over images of F1 at the held-out choice minus
+            F1 at the operating threshold; None with fewer than 2 groups), ``thresholds``
+            (each fold's choice, by group).
+        """
+        self._require_images()
+        if len(groups) != len(self._records):
+            raise ValueError(f"{len(groups)} group names for {len(self._records)} images")
+        f1 = prf_scores(*self._curves(), self.empty_f1).f1  # (images, grid)
+        names = np.asarray(groups, dtype=object)
+        unique = sorted(set(groups))
+        if len(unique) < 2:
+            return {"folds": len(unique), "gain": None, "thresholds": {}}
+        operating = int(np.abs(self.grid - self.threshold).argmin())
+        gains = np.empty(len(names))
+        chosen = {}
+        for group in unique:
+            held = names == group
+            _, index = self._best(f1[~held].mean(axis=0))
+            chosen[group] = float(self.grid[int(index)])
+            gains[held] = f1[held, int(index)] - f1[held, operating]
+        return {"folds": len(unique), "gain": float(gains.mean()), "thresholds": chosen}
+
     def scores_at(self, threshold: float) -> dict:
         """The paper's scores at another grid threshold (a calibrated one), from the histograms.
 

@@ -39,10 +39,19 @@ def calibration_sentence(summary: Mapping[str, Any]) -> str:
             f"No calibrated decision threshold: {calibration.get('why')}; predict decides at 0.5."
         )
     at = calibration["scored"]
+    if calibration.get("adopted") is False:  # evaluations before the held-out check adopted
+        return (
+            f"Decision threshold {calibration['threshold']:g}, not calibrated: "
+            f"{calibration['why']}. On the {at['split']} split the {calibration['split']} "
+            f"split's best ({calibration['best']:g}) would score per-image F1 "
+            f"{float(calibration.get('best_scored', {}).get('f1', float('nan'))):.4f} against "
+            f"{at['f1']:.4f}. cirl predict decides at {calibration['threshold']:g}."
+        )
+    held = f" ({calibration['why']})" if calibration.get("why") else ""
     text = (
         f"Calibrated decision threshold {calibration['threshold']:g}: the {calibration['split']} "
         f"split's best single threshold ({calibration['images']} images, per-image F1 "
-        f"{calibration['f1']:.4f}). On the {at['split']} split at it: per-image F1 "
+        f"{calibration['f1']:.4f}){held}. On the {at['split']} split at it: per-image F1 "
         f"{at['f1']:.4f} (at 0.5, the paper's protocol: {float(summary['f1']):.4f}), pooled F1 "
         f"{at['pooled']['f1']:.4f}. cirl predict decides at it (--threshold auto)."
     )

@@ -46,11 +46,16 @@ def summary_text(out: str | os.PathLike) -> str:
         )
         calibration = metrics.get("threshold_calibration") or {}
         if calibration.get("threshold") is not None:
+            chosen = (
+                f"the {calibration['split']} split's best"
+                if calibration.get("adopted", True)
+                else f"not calibrated: the {calibration['split']} split's best, "
+                f"{calibration['best']:g}, did not hold up on its held-out photos"
+            )
             lines.append(
-                f"    decision threshold {calibration['threshold']:g} (the "
-                f"{calibration['split']} split's best; predict decides at it): per-image F1 "
-                f"{calibration['scored']['f1']:.3f} on the {metrics.get('split', 'test')} "
-                f"split at it"
+                f"    decision threshold {calibration['threshold']:g} ({chosen}; predict "
+                f"decides at it): per-image F1 {calibration['scored']['f1']:.3f} on the "
+                f"{metrics.get('split', 'test')} split at it"
             )
             worse = calibration_worse(metrics)
             if worse:
