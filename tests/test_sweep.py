@@ -219,7 +219,10 @@ def test_search_mode_draws_jointly_and_ranks_importances(workdir):
     result = _sweep(workdir, out, "--mode", "search", "--n-trials", "3", "--no-test")
     assert result["trials"] == 3
     rows = _trials(out)
-    assert {r["varied"] for r in rows} == {"search"}
+    # the first trial is the default (it lies in the space), the others TPE's draws
+    assert [r["varied"] for r in rows] == ["default", "search", "search"]
+    assert (rows[0]["gamma"], rows[0]["beta"], rows[0]["rule"]) == ("0.4", "0.2", "variance")
+    assert "| default | 0 |" in (out / "best.md").read_text()
     # beta drawn in [0.05, 0.2] on a log scale, gamma in [0.1, 0.4], the rule among both
     for r in rows:
         assert 0.05 <= float(r["beta"]) <= 0.2 and 0.1 <= float(r["gamma"]) <= 0.4

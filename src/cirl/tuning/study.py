@@ -137,6 +137,26 @@ def _same_settings(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
+def default_params(cfg: SweepConfig, default: dict) -> dict | None:
+    """The search space's parameters of the default point; None if it lies outside the space
+    (a fixed value other than the default's, a value outside a range or not in a list)."""
+    params: dict = {}
+    for key in NUMERIC:
+        values = getattr(cfg, key)
+        low, high = min(values), max(values)
+        if not low <= default[key] <= high:
+            return None
+        if low != high:
+            params[key] = int(default[key]) if key == "k" else float(default[key])
+    for key in OPTIONS:
+        values = getattr(cfg, key)
+        if default[key] not in values:
+            return None
+        if len(values) > 1:
+            params[key] = default[key]
+    return params
+
+
 def open_study(cfg: SweepConfig, train_cfg, select_cfg, out: Path):
     """Create, load or join the study; returns ``(url, study, points, default)``.
 
@@ -186,6 +206,11 @@ def open_study(cfg: SweepConfig, train_cfg, select_cfg, out: Path):
         study.set_user_attr("default", json.loads(json.dumps(default, default=str)))
         if plain is not None:
             study.set_user_attr("points", plain)
+        start = default_params(cfg, default) if points is None else None
+        if start is not None:
+            # a search starts at the default (when it lies in the space), so that the best
+            # setting is reported against the default measured under the same budget
+            study.enqueue_trial(start, user_attrs={"varied": "default"})
     elif plain is not None and study.user_attrs.get("points") != plain:
         raise CirlError(
             f"study {cfg.study!r} was started with other sensitivity points (another params "

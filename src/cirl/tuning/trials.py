@@ -177,5 +177,5 @@ def _point_of(trial, cfg: SweepConfig, points: list[dict] | None) -> dict:
     for key in OPTIONS:
         values = getattr(cfg, key)
         point[key] = values[0] if len(values) == 1 else trial.suggest_categorical(key, values)
-    point["varied"] = "search"
+    point["varied"] = trial.user_attrs.get("varied", "search")  # "default": the enqueued start
     return point
