@@ -395,12 +395,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train-json", default="{}", help="TrainConfig keys of every arm, over --recipe"
     )
+    parser.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="an extra arm, e.g. a sweep's best setting: NAME={\"phase1\": FORM, \"select\": "
+        "{cirl select keys}, \"phase2\": {TrainConfig keys}} (a CIRL arm, FORM of "
+        f"{', '.join(PHASE1)}) or NAME={{\"bce\": {{TrainConfig keys}}}}; list it in --arms",
+    )
     parser.add_argument("--timing-repeats", type=int, default=20)
     parser.add_argument("--json", default=None, help="result file (default WORK/ablation.json)")
     args = parser.parse_args(argv)
     if args.steps % (2 * args.steps_per_epoch):
         parser.error("--steps must be a multiple of 2 x --steps-per-epoch (two equal phases)")
     args.recipe = {**recipe(args.recipe, Path(args.params)), **json.loads(args.train_json)}
+    for text in args.arm:
+        name, sep, spec = text.partition("=")
+        try:
+            arm = json.loads(spec) if sep and name.strip() else None
+        except json.JSONDecodeError as exc:
+            parser.error(f"--arm {text!r}: {exc}")
+        if isinstance(arm, dict) and set(arm) == {"bce"}:
+            ARMS[name.strip()] = dict(arm["bce"])
+        elif isinstance(arm, dict) and set(arm) == {"phase1", "select", "phase2"}:
+            if arm["phase1"] not in PHASE1:
+                parser.error(f"--arm {name}: phase1 {arm['phase1']!r} is not one of {list(PHASE1)}")
+            ARMS[name.strip()] = (arm["phase1"], dict(arm["select"]), dict(arm["phase2"]))
+        else:
+            parser.error(
+                f"--arm {text!r}: expected NAME={{phase1, select, phase2}} or NAME={{bce}}"
+            )
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not any(is_bce(a) for a in arms):

@@ -40,13 +40,15 @@ def test_tiny_ablation_runs_every_arm_and_writes_the_mechanism(ablation, tmp_pat
     work = tmp_path / "work"
     argv = [
         "--source", str(raw), "--work", str(work), "--steps", "4", "--steps-per-epoch", "2",
-        "--seeds", "0,1", "--crop", "64", "--arms", "bce,bce_dice,cirl,cirl_online",
+        "--seeds", "0,1", "--crop", "64",
         "--prepare-json", '{"split": [0.5, 0.25, 0.25]}', "--timing-repeats", "1",
-        "--train-json", '{"precision": "fp32", "channels_last": false}',
+        "--train-json", '{"precision": "fp32", "channels_last": false}', "--arms", "bce,bce_dice,"
+        "cirl,cirl_online,searched", "--arm", 'searched={"phase1": "paper", "select": {"rule": '
+        '"error", "lam": 0.3}, "phase2": {"selection": "online", "k": 3, "beta": 2.5}}',
     ]  # fmt: skip
     assert ablation.main(argv) == 0
     result = json.loads((work / "ablation.json").read_text())
-    assert set(result["table"]) == {"bce", "bce_dice", "cirl", "cirl_online"}
+    assert set(result["table"]) == {"bce", "bce_dice", "cirl", "cirl_online", "searched"}
     assert result["seeds"] == [0, 1]
     # the product's recipe for every arm: params.yaml's class weight, crack crops and schedule
     config = json.loads((work / "seed0" / "bce_dice" / "config.json").read_text())["train"]
@@ -55,6 +57,10 @@ def test_tiny_ablation_runs_every_arm_and_writes_the_mechanism(ablation, tmp_pat
     online = json.loads((work / "seed0" / "phase2_cirl_online" / "config.json").read_text())
     online = online["train"]
     assert online["selection"] == "online" and online["pos_weight"] == 10.0
+    # an --arm (a sweep's best setting) trains with its own phase-II keys over the recipe
+    searched = json.loads((work / "seed0" / "phase2_searched" / "config.json").read_text())
+    searched = searched["train"]
+    assert (searched["k"], searched["beta"], searched["pos_weight"]) == (3, 2.5, 10.0)
     baseline = result["baseline"]
     assert baseline in ("bce", "bce_dice")
     assert result["table"][baseline]["f1"]["mean"] >= max(
@@ -72,3 +78,14 @@ def test_tiny_ablation_runs_every_arm_and_writes_the_mechanism(ablation, tmp_pat
     assert result["per_seed"]["0"]["cirl_online"]["mechanism"]["rule"] == "error"
     table = (work / "ablation.md").read_text()
     assert f"F1 - {baseline} per seed" in table and "| cirl_online |" in table
+
+
+@pytest.mark.parametrize(
+    "arm",
+    ["searched", "searched={bad json", 'searched={"phase1": "nope", "select": {}, "phase2": {}}',
+     'searched={"phase2": {}}'],
+)  # fmt: skip
+def test_a_malformed_arm_is_refused_with_its_text(ablation, arm, capsys):
+    with pytest.raises(SystemExit) as exc:
+        ablation.main(["--arm", arm, "--arms", "bce,searched"])
+    assert exc.value.code == 2 and "--arm" in capsys.readouterr().err
