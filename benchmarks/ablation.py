@@ -400,9 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help="an extra arm, e.g. a sweep's best setting: NAME={\"phase1\": FORM, \"select\": "
-        "{cirl select keys}, \"phase2\": {TrainConfig keys}} (a CIRL arm, FORM of "
-        f"{', '.join(PHASE1)}) or NAME={{\"bce\": {{TrainConfig keys}}}}; list it in --arms",
+        help='an extra arm, e.g. a sweep\'s best setting: NAME={"phase1": FORM, "select": '
+        '{cirl select keys}, "phase2": {TrainConfig keys}} (a CIRL arm, FORM of '
+        f'{", ".join(PHASE1)}) or NAME={{"bce": {{TrainConfig keys}}}}; list it in --arms',
     )
     parser.add_argument("--timing-repeats", type=int, default=20)
     parser.add_argument("--json", default=None, help="result file (default WORK/ablation.json)")
