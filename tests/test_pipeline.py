@@ -287,8 +287,10 @@ def _check_mlflow_columns(database, parent_id, children, version, out):
                 "phase2_best_val_f1", "selected_fraction"):  # fmt: skip
         assert key in metrics, key
     params = parent.data.params
-    assert params["train.loss"] == "cirl" and params["train.selection"] == "offline"
-    assert params["train.crop"] == "64" and params["select.gamma"] == "0.4"
+    # the default method (params.yaml): online selection, the CI term per supervised pixel
+    assert params["train.loss"] == "cirl" and params["train.selection"] == "online"
+    assert params["train.ci_reduction"] == "batch" and params["select.rule"] == "error"
+    assert params["train.crop"] == "64" and params["select.lam"] == "0.3"
     tags = parent.data.tags
     assert tags["cirl.method"] == by_name["train phase 2"].data.tags["cirl.method"]
     assert "test: per-image F1" in tags["mlflow.note.content"]

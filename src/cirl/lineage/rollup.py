@@ -44,12 +44,13 @@ KEY_PARAMS = (
     "pos_weight",
     "dice",
     "selection",
+    "ci_reduction",
     "lam",
     "beta",
     "k",
     "seed",
 )
-SELECT_PARAMS = ("rule", "gamma", "fraction")
+SELECT_PARAMS = ("rule", "lam", "gamma", "fraction")
 NOTE = "mlflow.note.content"
 
 
