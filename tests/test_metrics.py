@@ -373,7 +373,12 @@ def test_held_out_gain_rejects_a_threshold_one_photo_chose():
     assert held["thresholds"] == pytest.approx({"a": 0.5, "b": 0.56, "c": 0.56})
     assert held["gain"] == pytest.approx((0 + 2 * (14 / 17 - 1)) / 3)
     # tiles of one photo are one fold: a threshold is never checked on its own photo
-    assert metrics.held_out_gain(["p", "p", "p"]) == {"folds": 1, "gain": None, "thresholds": {}}
+    assert metrics.held_out_gain(["p", "p", "p"]) == {
+        "folds": 1,
+        "operating": 0.5,
+        "gain": None,
+        "thresholds": {},
+    }
     with pytest.raises(ValueError, match="2 group names for 3 images"):
         metrics.held_out_gain(["a", "b"])
 

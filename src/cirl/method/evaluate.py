@@ -265,7 +265,7 @@ def calibrate(cfg: EvaluateConfig, data: Path, model, device, scored, progress: 
                     item["valid"][0].numpy() > 0.5)  # fmt: skip
     best, _ = metrics.best_mean_f1()
     held_out = metrics.held_out_gain([record.source_id for record in dataset.records])
-    operating = _on_grid(metrics, cfg.threshold)
+    operating = held_out["operating"]
     gain = held_out["gain"]
     if best == operating:
         adopted, why = True, f"the {cfg.calibrate} split's best is the operating threshold"
@@ -307,11 +307,6 @@ def calibrate(cfg: EvaluateConfig, data: Path, model, device, scored, progress: 
         # what the rejected best would have scored, for the report (read after the choice)
         "best_scored": {"split": cfg.split, **scored.scores_at(best)},
     }
-
-
-def _on_grid(metrics, threshold: float) -> float:
-    """The grid value nearest ``threshold`` (the operating threshold is on the default grid)."""
-    return float(metrics.grid[int(np.abs(metrics.grid - threshold).argmin())])
 
 
 def _probabilities(model, device, dataset, progress: bool, desc: str):

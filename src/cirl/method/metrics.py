@@ -345,9 +345,10 @@ class SegmentationMetrics:
         are scored at it and at the operating threshold.
 
         Returns:
-            ``folds`` (groups), ``gain`` (mean over images of F1 at the held-out choice minus
-            F1 at the operating threshold; None with fewer than 2 groups), ``thresholds``
-            (each fold's choice, by group).
+            ``folds`` (groups), ``operating`` (the grid threshold nearest the operating one),
+            ``gain`` (mean over images of F1 at the held-out choice minus F1 at the operating
+            threshold; None with fewer than 2 groups), ``thresholds`` (each fold's choice, by
+            group).
         """
         self._require_images()
         if len(groups) != len(self._records):
@@ -355,9 +356,10 @@ class SegmentationMetrics:
         f1 = prf_scores(*self._curves(), self.empty_f1).f1  # (images, grid)
         names = np.asarray(groups, dtype=object)
         unique = sorted(set(groups))
-        if len(unique) < 2:
-            return {"folds": len(unique), "gain": None, "thresholds": {}}
         operating = int(np.abs(self.grid - self.threshold).argmin())
+        at = float(self.grid[operating])
+        if len(unique) < 2:
+            return {"folds": len(unique), "operating": at, "gain": None, "thresholds": {}}
         gains = np.empty(len(names))
         chosen = {}
         for group in unique:
@@ -365,7 +367,12 @@ class SegmentationMetrics:
             _, index = self._best(f1[~held].mean(axis=0))
             chosen[group] = float(self.grid[int(index)])
             gains[held] = f1[held, int(index)] - f1[held, operating]
-        return {"folds": len(unique), "gain": float(gains.mean()), "thresholds": chosen}
+        return {
+            "folds": len(unique),
+            "operating": at,
+            "gain": float(gains.mean()),
+            "thresholds": chosen,
+        }
 
     def scores_at(self, threshold: float) -> dict:
         """The paper's scores at another grid threshold (a calibrated one), from the histograms.

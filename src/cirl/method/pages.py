@@ -39,7 +39,7 @@ def calibration_sentence(summary: Mapping[str, Any]) -> str:
             f"No calibrated decision threshold: {calibration.get('why')}; predict decides at 0.5."
         )
     at = calibration["scored"]
-    if calibration.get("adopted") is False:  # evaluations before the held-out check adopted
+    if calibration.get("adopted") is False:  # the held-out check kept the operating threshold
         return (
             f"Decision threshold {calibration['threshold']:g}, not calibrated: "
             f"{calibration['why']}. On the {at['split']} split the {calibration['split']} "
