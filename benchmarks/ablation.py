@@ -14,8 +14,10 @@ Protocol (printed with the table and stored in the JSON):
 
   - BCE arms (one phase for all steps): ``bce``; ``bce_dice``, BCE + soft Dice (weight 1),
     what users try for thin cracks;
-  - every CIRL arm: a phase I for the first half, a selection on its last weights, a phase II
-    from them for the second half. The arms (``ARMS``) differ in the phase-I form (``paper``:
+  - every CIRL arm: a phase I for the first half, a selection on its last epoch, a phase II
+    from its best validation epoch for the second half, as the product's recipe
+    (``cirl.method.recipe``; ``--phase2-from last.pt``: from the last epoch, as the tables
+    before 2026-12-04 were made). The arms (``ARMS``) differ in the phase-I form (``paper``:
     BCE + Eq. 7, default std-head init, hard clamp; ``logistic``: the non-saturating surrogate,
     std head initialised at lambda, soft clamp; ``aseg``: Eq. 7 alone), the selection rule
     (``variance``: Eq. 8 with the paper's gamma; ``error``: A = M and the phase-I model's
@@ -109,6 +111,50 @@ def recipe(name: str, params: Path) -> dict:
     return {k: group[k] for k in RECIPE_KEYS if k in group}
 
 
+def parse_arm(text: str, base: dict) -> tuple[str, tuple[str, dict, dict] | dict]:
+    """``NAME=JSON`` of ``--arm`` as an ``ARMS`` entry, its keys checked against TrainConfig and
+    SelectConfig over the ``base`` recipe now, not when its training starts.
+
+    Raises:
+        ValueError: saying what is wrong.
+    """
+    from cirl.config import from_mapping
+    from cirl.errors import CirlError
+    from cirl.method.selection import SelectConfig
+    from cirl.method.train_config import TrainConfig
+
+    name, sep, body = text.partition("=")
+    name = name.strip()
+    if not (sep and name):
+        raise ValueError("expected NAME=JSON")
+    try:
+        arm = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(arm, dict) or set(arm) not in ({"bce"}, {"phase1", "select", "phase2"}):
+        raise ValueError('expected NAME={"phase1", "select", "phase2"} or NAME={"bce"}')
+    for key, value in arm.items():
+        if key != "phase1" and not isinstance(value, dict):
+            raise ValueError(f"{key}: expected an object of keys, got {json.dumps(value)}")
+    # the keys the ablation sets itself: the arm's loss and phase, phase II's lambda (the
+    # selection's)
+    for key, fixed in (("bce", {"loss", "phase"}), ("phase2", {"loss", "phase", "lam"})):
+        if set(arm.get(key, {})) & fixed:
+            raise ValueError(f"{key}: {sorted(set(arm[key]) & fixed)} are set by the ablation")
+    try:
+        if "bce" in arm:
+            from_mapping(TrainConfig, {**base, **arm["bce"], "loss": "bce"}, f"{name} bce")
+            return name, dict(arm["bce"])
+        if arm["phase1"] not in PHASE1:
+            raise ValueError(f"phase1 {arm['phase1']!r} is not one of {list(PHASE1)}")
+        from_mapping(SelectConfig, arm["select"], f"{name} select")
+        keys = {**base, **arm["phase2"], "loss": "cirl", "phase": 2}
+        from_mapping(TrainConfig, keys, f"{name} phase2")
+    except CirlError as exc:
+        raise ValueError(str(exc)) from None
+    return name, (arm["phase1"], dict(arm["select"]), dict(arm["phase2"]))
+
+
 def is_bce(arm: str) -> bool:
     return isinstance(ARMS[arm], dict)
 
@@ -175,7 +221,10 @@ def _diagnose(data: Path, checkpoint: Path, ambiguity: Path, out: Path) -> dict:
 
 
 def run_seed(args: argparse.Namespace, data: Path, seed: int, arms: list[str]) -> dict:
-    """Train, select, diagnose and evaluate the arms for one seed."""
+    """Train, select, diagnose and evaluate the arms for one seed, each CIRL arm by the
+    product's recipe (:mod:`cirl.method.recipe`): selection on phase I's last epoch, phase II
+    from its best (``--phase2-from``), the final training's best epoch scored."""
+    from cirl.method import recipe as recipe_
     from cirl.method.train import TrainConfig
 
     root = Path(args.work) / f"seed{seed}"
@@ -200,7 +249,7 @@ def run_seed(args: argparse.Namespace, data: Path, seed: int, arms: list[str]) -
         if isinstance(spec, dict):
             _log(f"seed {seed}: {arm} ({epochs} epochs)")
             result = _train(replace(base, loss="bce", **spec), data, root / arm)
-            folder, mechanism = root / arm, {}
+            folder, run, mechanism = root / arm, arm, {}
         else:
             form, select_flags, phase2_keys = spec
             phase1 = root / f"phase1_{form}"
@@ -210,19 +259,23 @@ def run_seed(args: argparse.Namespace, data: Path, seed: int, arms: list[str]) -
             sel = root / f"select_{form}_{tag}"
             _log(f"seed {seed}: select {form} {select_flags}")
             t0 = time.perf_counter()
-            summary = _select(data, phase1 / "last.pt", sel, select_flags)
+            summary = _select(data, recipe_.selection_checkpoint(phase1), sel, select_flags)
             select_seconds = time.perf_counter() - t0
             _log(f"seed {seed}: phase II {arm} ({half.epochs} epochs)")
-            folder = root / f"phase2_{arm}"
+            # the phase-II start is in the names, so runs from either checkpoint never mix
+            run = f"{arm}_from_{Path(args.phase2_from).stem}"
+            folder = root / f"phase2_{run}"
             result = _train(
                 replace(half, loss="cirl", phase=2, lam=select_flags.get("lam", 0.3),
                         **phase2_keys),
                 data,
                 folder,
-                init=phase1 / "last.pt",
+                init=recipe_.phase2_init(phase1, args.phase2_from),
                 ambiguity=sel,
             )  # fmt: skip
-            after = _diagnose(data, folder / "best.pt", sel, root / f"diagnose_{arm}.json")
+            after = _diagnose(
+                data, recipe_.scored_checkpoint(folder), sel, root / f"diagnose_{run}.json"
+            )
             mechanism = {
                 "rule": summary["rule"],
                 "threshold": summary["threshold"],
@@ -239,7 +292,7 @@ def run_seed(args: argparse.Namespace, data: Path, seed: int, arms: list[str]) -
                 "phase2_ambiguous_fraction": [h.get("ambiguous_fraction") for h in result.history],
             }
         _log(f"seed {seed}: evaluate {arm}")
-        metrics = _evaluate(data, folder / "best.pt", root / f"eval_{arm}")
+        metrics = _evaluate(data, recipe_.scored_checkpoint(folder), root / f"eval_{run}")
         out[arm] = {
             "f1": metrics["f1"],
             "precision": metrics["precision"],
@@ -365,6 +418,8 @@ def markdown_table(result: dict, arms: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cirl.method.recipe import PHASE2_FROM, SELECT_FROM
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default=str(REPO.parent / "shared" / "datasets" / "deepcrack"))
     parser.add_argument("--format", default="folder", help="cirl prepare --format of --source")
@@ -393,6 +448,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument(
+        "--phase2-from",
+        choices=("best.pt", "last.pt"),
+        default=PHASE2_FROM,
+        help="the phase-I checkpoint every phase II starts from (default: the recipe's, "
+        f"{PHASE2_FROM}; the tables of docs/benchmarks.md before 2026-12-04 used last.pt)",
+    )
+    parser.add_argument(
         "--train-json", default="{}", help="TrainConfig keys of every arm, over --recipe"
     )
     parser.add_argument(
@@ -409,23 +471,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps % (2 * args.steps_per_epoch):
         parser.error("--steps must be a multiple of 2 x --steps-per-epoch (two equal phases)")
-    args.recipe = {**recipe(args.recipe, Path(args.params)), **json.loads(args.train_json)}
+    try:
+        extra = json.loads(args.train_json)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--train-json {args.train_json!r}: not JSON: {exc}")
+    if not isinstance(extra, dict):
+        parser.error(f"--train-json {args.train_json!r}: expected an object of TrainConfig keys")
+    args.recipe = {**recipe(args.recipe, Path(args.params)), **extra}
     for text in args.arm:
-        name, sep, spec = text.partition("=")
         try:
-            arm = json.loads(spec) if sep and name.strip() else None
-        except json.JSONDecodeError as exc:
+            name, spec = parse_arm(text, args.recipe)
+        except ValueError as exc:
             parser.error(f"--arm {text!r}: {exc}")
-        if isinstance(arm, dict) and set(arm) == {"bce"}:
-            ARMS[name.strip()] = dict(arm["bce"])
-        elif isinstance(arm, dict) and set(arm) == {"phase1", "select", "phase2"}:
-            if arm["phase1"] not in PHASE1:
-                parser.error(f"--arm {name}: phase1 {arm['phase1']!r} is not one of {list(PHASE1)}")
-            ARMS[name.strip()] = (arm["phase1"], dict(arm["select"]), dict(arm["phase2"]))
-        else:
-            parser.error(
-                f"--arm {text!r}: expected NAME={{phase1, select, phase2}} or NAME={{bce}}"
-            )
+        ARMS[name] = spec
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not any(is_bce(a) for a in arms):
@@ -504,8 +562,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{data} (test split scored once per arm, whole images); model {args.model} width "
             f"{args.width or 'preset'}; {args.steps} steps per arm, batch {args.batch_size} of "
             f"{args.crop}^2 crops, Adam, recipe {args.recipe}; CIRL = phase I "
-            f"{args.steps // 2} steps + phase II {args.steps // 2} steps (lambda 0.3, K 20, "
-            "beta 0.2); best checkpoint on val; test scores: per-image mean F1 at 0.5 (JTFN "
+            f"{args.steps // 2} steps, selection on its {SELECT_FROM}, phase II "
+            f"{args.steps // 2} steps from its {args.phase2_from} (each arm's selection and "
+            "phase-II keys under arms; unset ones: TrainConfig's, K 20, beta 0.2); best "
+            "checkpoint on val; test scores: per-image mean F1 at 0.5 (JTFN "
             "protocol, empty image F1 = 0), ODS/OIS/AP over 99 thresholds; mean and sample "
             "std over seeds"
         ),

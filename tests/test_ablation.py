@@ -54,11 +54,16 @@ def test_tiny_ablation_runs_every_arm_and_writes_the_mechanism(ablation, tmp_pat
     config = json.loads((work / "seed0" / "bce_dice" / "config.json").read_text())["train"]
     assert config["pos_weight"] == 10.0 and config["dice"] == 1.0
     assert config["lr_schedule"] == "cosine" and config["crack_crops"] == 0.5
-    online = json.loads((work / "seed0" / "phase2_cirl_online" / "config.json").read_text())
+    seed0 = work / "seed0"
+    online = json.loads((seed0 / "phase2_cirl_online_from_best" / "config.json").read_text())
+    # the recipe's checkpoints: phase II from phase I's best epoch, selection on its last
+    assert online["init"] == str(seed0 / "phase1_paper" / "best.pt")
+    selection = json.loads((seed0 / "select_paper_ruleerror_lam0.3" / "summary.json").read_text())
+    assert Path(selection["checkpoint"]).name == "last.pt"
     online = online["train"]
     assert online["selection"] == "online" and online["pos_weight"] == 10.0
     # an --arm (a sweep's best setting) trains with its own phase-II keys over the recipe
-    searched = json.loads((work / "seed0" / "phase2_searched" / "config.json").read_text())
+    searched = json.loads((seed0 / "phase2_searched_from_best" / "config.json").read_text())
     searched = searched["train"]
     assert (searched["k"], searched["beta"], searched["pos_weight"]) == (3, 2.5, 10.0)
     baseline = result["baseline"]
@@ -81,11 +86,24 @@ def test_tiny_ablation_runs_every_arm_and_writes_the_mechanism(ablation, tmp_pat
 
 
 @pytest.mark.parametrize(
-    "arm",
-    ["searched", "searched={bad json", 'searched={"phase1": "nope", "select": {}, "phase2": {}}',
-     'searched={"phase2": {}}'],
+    ("arm", "says"),
+    [
+        ("searched", "NAME=JSON"),
+        ("searched={bad json", "not JSON"),
+        ('searched={"phase1": "nope", "select": {}, "phase2": {}}', "'nope' is not one of"),
+        ('searched={"phase2": {}}', "expected NAME="),
+        ('searched={"phase1": "paper", "select": "error", "phase2": {}}', "select: expected an"),
+        ('searched={"phase1": "paper", "select": {}, "phase2": [1]}', "phase2: expected an"),
+        ('searched={"bce": 3}', "bce: expected an object"),
+        ('searched={"phase1": "paper", "select": {"rul": "error"}, "phase2": {}}', "'rul'"),
+        ('searched={"phase1": "paper", "select": {}, "phase2": {"betaa": 1}}', "'betaa'"),
+        ('searched={"phase1": "paper", "select": {}, "phase2": {"k": "five"}}', "k"),
+        ('searched={"phase1": "paper", "select": {}, "phase2": {"lam": 0.2}}', "set by the"),
+    ],
 )  # fmt: skip
-def test_a_malformed_arm_is_refused_with_its_text(ablation, arm, capsys):
+def test_a_malformed_arm_is_refused_before_anything_trains(ablation, arm, says, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        ablation.main(["--arm", arm, "--arms", "bce,searched"])
-    assert exc.value.code == 2 and "--arm" in capsys.readouterr().err
+        ablation.main(["--arm", arm, "--arms", "bce,searched", "--work", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--arm" in err and says in err, err
+    assert not (tmp_path / "w").exists()  # refused before the work folder is made
