@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument(
         "--data",
-        default=str(REPO / "data" / "prepared" / "synth"),
+        default=str(REPO / "runs" / "synth" / "prepared"),
         help="prepared folder for the whole-loop timing ('' to skip it)",
     )
     parser.add_argument("--json", default=str(REPO / "runs" / "train_throughput.json"))
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if data is not None and not (data / "manifest.csv").is_file():
         print(
             f"--data {data}: not a prepared folder; skipping the whole-loop timing "
-            "(make run prepares one at data/prepared/synth)",
+            "(make run prepares one at runs/synth/prepared)",
             file=sys.stderr,
         )
         data = None
