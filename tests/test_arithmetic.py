@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,6 +135,14 @@ def test_machine_names_the_cpu_kind():
     assert set(here["features"]) <= set(host.FEATURES)
     if "amx_bf16" in here["features"]:
         assert here["kind"] == "AMX"
+    # the identity that tells apart CPUs a virtual machine names alike ("AMD EPYC")
+    info = Path("/proc/cpuinfo")
+    if info.is_file() and "cpu family" in info.read_text():
+        assert " family " in f" {here['cpu_id']}" and " model " in here["cpu_id"]
+    assert host._identity({"vendor_id": "GenuineIntel", "cpu family": "6", "model": "143"}) == (
+        "GenuineIntel family 6 model 143"
+    )
+    assert host._identity({"vendor_id": "ARM"}) is None
 
 
 def test_audit_retrains_in_the_recorded_arithmetic_and_says_when_the_cpu_differs():
@@ -148,9 +157,11 @@ def test_audit_retrains_in_the_recorded_arithmetic_and_says_when_the_cpu_differs
 
     here = {**host.cpu(), "threads": torch.get_num_threads()}
     assert audit.cpu_kind_warning({"machine": here}, 0.01) is None
-    other = {**here, "cpu": "Intel(R) Xeon(R) Platinum 8481C", "kind": "AMX"}
+    other = {**here, "cpu": "Intel(R) Xeon(R) Platinum 8481C", "kind": "AMX",
+             "cpu_id": "GenuineIntel family 6 model 143 stepping 8"}  # fmt: skip
     warning = audit.cpu_kind_warning({"machine": other}, 0.01)
     assert "Xeon" in warning and "retrain tolerance 0.01" in warning
+    assert "family 6 model 143" in warning  # the recorded CPU's identity, to look it up
     assert "recorded no CPU" in audit.cpu_kind_warning({}, 0.01)
 
 

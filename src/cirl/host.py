@@ -36,8 +36,9 @@ FEATURES = (
 )
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
+def _cpuinfo() -> tuple[str, set[str], str | None]:
     name, flags = platform.processor() or platform.machine(), set()
+    ident: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
@@ -46,15 +47,30 @@ def _cpuinfo() -> tuple[str, set[str]]:
                 name = value.strip()
             elif key in ("flags", "Features") and not flags:
                 flags = set(value.split())
+            elif key in ("vendor_id", "cpu family", "model", "stepping") and key not in ident:
+                ident[key] = value.strip()
     except OSError:
         pass
-    return name, flags
+    return name, flags, _identity(ident)
+
+
+def _identity(ident: dict[str, str]) -> str | None:
+    """``AuthenticAMD family 25 model 17 stepping 1``: what tells CPUs apart whose model name
+    a virtual machine reduces to ``AMD EPYC`` (a Zen 4 and a Zen 5 train at different speeds).
+    None where ``/proc/cpuinfo`` has no x86 identity (another architecture, no Linux)."""
+    if "cpu family" not in ident or "model" not in ident:
+        return None
+    parts = [ident.get("vendor_id", ""), f"family {ident['cpu family']}", f"model {ident['model']}"]
+    if "stepping" in ident:
+        parts.append(f"stepping {ident['stepping']}")
+    return " ".join(p for p in parts if p)
 
 
 def cpu() -> dict[str, Any]:
-    """This machine's CPU as a run records it: model, logical cores, the features that decide
-    the speed of each arithmetic (``amx_bf16``, ``avx512_bf16``...), and a one-line kind."""
-    name, flags = _cpuinfo()
+    """This machine's CPU as a run records it: model name, identity (vendor, family, model,
+    stepping), logical cores, the features that decide the speed of each arithmetic
+    (``amx_bf16``, ``avx512_bf16``...), and a one-line kind."""
+    name, flags, ident = _cpuinfo()
     if "amx_bf16" in flags:
         kind = "AMX"
     elif "avx512_bf16" in flags:
@@ -67,6 +83,7 @@ def cpu() -> dict[str, Any]:
         kind = platform.machine()
     return {
         "cpu": name,
+        "cpu_id": ident,
         "logical_cores": os.cpu_count(),
         "features": [f for f in FEATURES if f in flags],
         "kind": kind,

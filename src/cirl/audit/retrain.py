@@ -73,7 +73,9 @@ def cpu_kind_warning(provenance: dict | None, tolerance: float) -> str | None:
     if all(recorded.get(k) == here[k] for k in keys):
         return None
     what = [
-        f"{m.get('cpu')} ({m.get('kind')}, {m.get('threads')} threads)" for m in (recorded, here)
+        f"{m.get('cpu')} ({', '.join(filter(None, (m.get('cpu_id'), m.get('kind'))))}, "
+        f"{m.get('threads')} threads)"
+        for m in (recorded, here)
     ]
     return (
         f"trained on {what[0]}, retrained on {what[1]}: the kernels and the order of their "

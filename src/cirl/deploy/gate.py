@@ -99,7 +99,8 @@ def machine() -> str:
     from cirl.host import cpu
 
     here = cpu()
-    return f"{here['cpu']}, {here['logical_cores']} logical cores"
+    ident = f" ({here['cpu_id']})" if here["cpu_id"] else ""
+    return f"{here['cpu']}{ident}, {here['logical_cores']} logical cores"
 
 
 def _candidates(int8: Path | None) -> dict[str, object]:

@@ -89,6 +89,7 @@ class Tag:
     ARITHMETIC_MS_PER_STEP = "cirl.arithmetic_ms_per_step"
     CPU = "cirl.cpu"
     CPU_KIND = "cirl.cpu_kind"
+    CPU_ID = "cirl.cpu_id"  # vendor, family, model, stepping (host.cpu)
     CPU_FEATURES = "cirl.cpu_features"
     CPU_THREADS = "cirl.cpu_threads"
 
@@ -144,6 +145,7 @@ def arithmetic_tags(provenance: Mapping[str, Any]) -> dict[str, str]:
         else None,
         Tag.CPU: here.get("cpu"),
         Tag.CPU_KIND: here.get("kind"),
+        Tag.CPU_ID: here.get("cpu_id"),
         Tag.CPU_FEATURES: " ".join(here.get("features", [])) or None,
         Tag.CPU_THREADS: here.get("threads"),
     }

@@ -143,6 +143,7 @@ def choose(cfg: Any, side: int) -> dict[str, Any]:
     here = host.cpu()
     key_parts = {
         "cpu": here["cpu"],
+        "cpu_id": here["cpu_id"],
         "logical_cores": here["logical_cores"],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
