@@ -192,3 +192,40 @@ def test_cli_takes_true_false_and_auto_for_channels_last():
     assert parser.parse_args(base).channels_last is None  # not given: --params decides
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--channels-last", "sometimes"])
+
+
+def test_subnormal_benchmark_counts_and_times_a_trained_step(tmp_path):
+    """benchmarks/subnormal_train.py on a tiny trained checkpoint: the counts cover every weight,
+    both modes are timed in their own processes, and the CPU is recorded."""
+    import importlib.util
+
+    from cirl.data.prepare import PrepareConfig
+    from cirl.data.prepare import run as prepare
+    from cirl.data.synth import SynthConfig
+    from cirl.data.synth import run as synth
+    from cirl.method import train
+
+    synth(SynthConfig(n=4, width=128, height=128, seed=5), tmp_path / "raw")
+    prepare(PrepareConfig(tile=64, split=(0.5, 0.25, 0.25)), tmp_path / "raw", "folder",
+            tmp_path / "prep")  # fmt: skip
+    cfg = TrainConfig(**SMALL, epochs=1, steps_per_epoch=2, precision="fp32", verify_data=False)
+    train.run(cfg, tmp_path / "prep", tmp_path / "run", progress=False)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "subnormal_train.py"
+    spec = importlib.util.spec_from_file_location("subnormal_train", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "subnormal.json"
+    argv = ["--checkpoint", str(tmp_path / "run" / "best.pt"), "--data", str(tmp_path / "prep"),
+            "--steps", "1", "--rounds", "1", "--json", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    counted = result["subnormals_in_one_step"]
+    from cirl.models.checkpoint import build_from_checkpoint, load_checkpoint
+
+    model = build_from_checkpoint(load_checkpoint(tmp_path / "run" / "best.pt"))
+    assert counted["weights"]["of"] == sum(p.numel() for p in model.parameters())
+    assert 0 <= counted["activation_grads"]["subnormal"] <= counted["activation_grads"]["of"]
+    assert all(v > 0 for v in result["ms_per_step"].values())
+    assert result["off_over_on"] > 0 and result["machine"]["cpu"]
+    with pytest.raises(SystemExit):  # a missing checkpoint: the parser says which and where
+        bench.main(["--checkpoint", str(tmp_path / "nope.pt"), "--data", str(tmp_path / "prep")])
