@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=REPO / "runs/subnormal_train.json")
     parser.add_argument("--flush", choices=("on", "off"), help=argparse.SUPPRESS)  # a child
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.rounds < 1:
+        parser.error(f"--steps and --rounds must be at least 1, got {args.steps}, {args.rounds}")
     for path, what in ((args.checkpoint, "--checkpoint"), (args.data / "manifest.csv", "--data")):
         if not path.is_file():
             parser.error(f"{what}: {path} not found (make run writes runs/synth/phase2/best.pt "
