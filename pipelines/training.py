@@ -92,6 +92,9 @@ def stage_params(
             values.update(config.load_group(profile, group))
         cfg = config.from_mapping(config.stage_config(group), values, f"{params_file}:{group}")
         resolved[group] = config.to_dict(cfg)
+    from cirl.orchestration.package import check_groups
+
+    check_groups({f"{group}_params": values for group, values in resolved.items()})
     return resolved
 
 

@@ -311,3 +311,47 @@ def test_online_phase2_trains_without_a_selection_folder(tiny):
             init=tiny / "p1" / "last.pt",
             progress=False,
         )
+
+
+def test_a_sampled_selection_reports_for_online_phase2_and_offline_refuses_it(tiny):
+    """select.max_tiles: a seeded sample of the split's tiles, the same every run, maps for
+    those only; online phase II (which reads no maps) trains with it, offline phase II refuses
+    it with the fix, and so does a pipeline whose groups combine the two."""
+    import json
+
+    from cirl.data.tiles import TileDataset
+    from cirl.errors import CirlError
+    from cirl.method import selection, train
+    from cirl.method.trained import is_sampled
+    from cirl.orchestration.package import check_groups
+
+    n = len(TileDataset(tiny / "prep", "train"))
+    assert n >= 3
+    cfg = selection.SelectConfig(rule="error", views=1, device="cpu", max_tiles=2)
+    for out in ("sample_a", "sample_b"):
+        selection.run(cfg, tiny / "prep", tiny / "p1" / "last.pt", tiny / out, progress=False)
+    summary = json.loads((tiny / "sample_a" / "summary.json").read_text())
+    assert (summary["tiles"], summary["tiles_scored"]) == (n, 2)
+    assert is_sampled(summary)
+    maps = sorted(p.name for p in (tiny / "sample_a" / "ambiguous").glob("*.png"))
+    assert len(maps) == 2
+    assert maps == sorted(p.name for p in (tiny / "sample_b" / "ambiguous").glob("*.png"))
+    assert selection.scored_tiles(n, 0) == list(range(n)) == selection.scored_tiles(n, n + 5)
+    whole = selection.SelectConfig(rule="error", views=1, device="cpu")
+    selection.run(whole, tiny / "prep", tiny / "p1" / "last.pt", tiny / "whole", progress=False)
+    assert not is_sampled(json.loads((tiny / "whole" / "summary.json").read_text()))
+    with pytest.raises(ValueError, match="max_tiles"):
+        selection.SelectConfig(max_tiles=-1)
+
+    phase2 = {"phase": 2, "epochs": 1, "steps_per_epoch": 1, "crop": 64, "device": "cpu", "k": 3}
+    init, sample = tiny / "p1" / "last.pt", tiny / "sample_a"
+    with pytest.raises(CirlError, match=rf"sample of 2 of {n} tiles.*select\.max_tiles 0"):
+        train.run(TrainConfig(**phase2), tiny / "prep", tiny / "p2s", init=init,
+                  ambiguity=sample, progress=False)  # fmt: skip
+    assert not (tiny / "p2s").exists()  # refused before anything was written
+    train.run(TrainConfig(**phase2, selection="online"), tiny / "prep", tiny / "p2o", init=init,
+              ambiguity=sample, progress=False)  # fmt: skip
+    with pytest.raises(CirlError, match=r"select\.max_tiles 0"):
+        check_groups({"select_params": {"max_tiles": 96}, "train_params": {"selection": "offline"}})
+    check_groups({"select_params": {"max_tiles": 96}, "train_params": {"selection": "online"}})
+    check_groups({"select_params": {"max_tiles": 0}, "train_params": {"selection": "offline"}})

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cirl.method.trained import trained_as
+from cirl.method.trained import is_sampled, trained_as
 from cirl.pages import Page
 
 PAGE = "report.html"
@@ -190,7 +190,10 @@ def selection_page(folder: str | os.PathLike, embed: bool = False) -> Page:
             name: summary.get("threshold"),
             "threshold from": summary.get("gamma_from"),
             "phase I": _epoch(summary.get("checkpoint"), summary.get("checkpoint_epoch")),
-            "tiles": summary.get("tiles"),
+            "tiles": summary.get("tiles")
+            if not is_sampled(summary)
+            else f"{summary['tiles_scored']} of {summary['tiles']} (a seeded sample, "
+            "select.max_tiles: phase II selects online, per batch)",
             "marginal ring M (pixels)": summary.get("marginal_pixels"),
             "selected A (pixels)": summary.get("selected_pixels"),
             "|A| / |M|": f"{fraction:.2%}",

@@ -30,6 +30,12 @@ variance above which that fraction of the ring's pixels lies on this split, for 
 learned variances sit on another scale. A selection of nothing, or of nearly the whole ring, is
 reported as a warning (the std head learned no contrast at that threshold).
 
+``max_tiles`` > 0 scores a seeded sample of the split's tiles instead of all of them: with
+online selection (``train.selection: online``) phase II selects per batch and reads no map,
+so the selection is then a report of the A phase II starts from, and a sample tells it for a
+fraction of the forward passes (the main job: 96 of its 648 training tiles). Phase II with offline
+selection refuses such a folder.
+
 Two passes: the first runs the model and stores the log-variance maps (and a histogram of
 ``s`` on M), the second thresholds the stored maps; the model runs once per tile with a crack
 (in NHWC memory format: the same arithmetic, 1.7x faster convolutions on CPU).
@@ -89,6 +95,11 @@ class SelectConfig:
         kernel: side of the square dilation that makes the marginal ring (paper 5).
         split: the split to select on (``train``).
         overview: number of tiles in ``overview.png``.
+        max_tiles: tiles to score: 0 every tile of the split, N a seeded sample of N (a report
+            for online selection; phase II with offline selection refuses it). The sample is
+            drawn with a fixed seed, so a rerun scores the same tiles, and maps are written for
+            those only: a report of the A phase II starts from, for ``train.selection:
+            online``, whose phase II selects per batch and reads no maps.
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: the arithmetic of the model's forward pass on CPU: ``fp32``, ``bf16``
             (bfloat16 autocast) or ``auto`` (the precision the checkpoint was trained in, which
@@ -106,6 +117,7 @@ class SelectConfig:
     kernel: int = 5
     split: Literal["train", "val", "test"] = "train"
     overview: int = 4
+    max_tiles: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
     verify_data: bool = True
@@ -127,6 +139,8 @@ class SelectConfig:
             raise ValueError(f"key 'kernel' must be an odd size >= 3, got {self.kernel}")
         if self.split not in ("train", "val", "test"):
             raise ValueError(f"key 'split' must be train, val or test, got {self.split!r}")
+        if self.max_tiles < 0:
+            raise ValueError(f"key 'max_tiles' must be >= 0 (0: every tile), got {self.max_tiles}")
 
 
 @dataclass(frozen=True)
@@ -369,12 +383,15 @@ def run(
         (tmp / codec.maps).mkdir()
         # Pass 1: the model's score of every tile, and its histogram on the ring M.
         autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        indices = scored_tiles(len(dataset), cfg.max_tiles)
         scored = _score_tiles(
-            cfg, dataset, model, device, autocast_dtype, soft_clamp, codec, tmp, progress
+            cfg, dataset, indices, model, device, autocast_dtype, soft_clamp, codec, tmp, progress
         )
         threshold, to_score = _threshold(cfg, scored.hist, codec.edges)
         # Pass 2: threshold the stored maps.
-        totals = _threshold_tiles(cfg, dataset, codec, scored.predicted, to_score, tmp, progress)
+        totals = _threshold_tiles(
+            cfg, dataset, indices, codec, scored.predicted, to_score, tmp, progress
+        )
         quantiles = codec.quantiles(scored.hist)
         fraction = totals.a / totals.m if totals.m else 0.0
         warnings = _warnings(cfg, codec, fraction, totals.m, threshold, quantiles)
@@ -390,6 +407,8 @@ def run(
             "checkpoint_epoch": int(payload.get("epoch", -1)) + 1,
             "precision": precision,
             "tiles": len(dataset),
+            # fewer than tiles: a sample (max_tiles), maps written for these only
+            "tiles_scored": len(indices),
             "marginal_pixels": totals.m,
             "selected_pixels": totals.a,
             "selected_fraction": fraction,
@@ -417,8 +436,16 @@ def run(
     return SelectResult(out, len(dataset), totals.m, totals.a, threshold, tuple(warnings))
 
 
-def _tiles(dataset: Any, desc: str, progress: bool):
-    iterator = range(len(dataset))
+def scored_tiles(n: int, max_tiles: int) -> list[int]:
+    """The indices of the tiles a selection scores: all ``n``, or a seeded sample of
+    ``max_tiles`` of them in tile order (the same sample for the same split, every run)."""
+    if max_tiles <= 0 or max_tiles >= n:
+        return list(range(n))
+    return sorted(int(i) for i in np.random.default_rng(0).choice(n, max_tiles, replace=False))
+
+
+def _tiles(indices: list[int], desc: str, progress: bool):
+    iterator = indices
     if progress:
         from tqdm import tqdm
 
@@ -429,6 +456,7 @@ def _tiles(dataset: Any, desc: str, progress: bool):
 def _score_tiles(
     cfg: SelectConfig,
     dataset: Any,
+    indices: list[int],
     model: Any,
     device: Any,
     autocast_dtype: Any,
@@ -447,7 +475,7 @@ def _score_tiles(
     hist = np.zeros(_HIST_BINS, np.int64)
     predicted: dict[str, np.ndarray] = {}
     ring_fp = 0
-    for index in _tiles(dataset, f"select: {cfg.rule}", progress):
+    for index in _tiles(indices, f"select: {cfg.rule}", progress):
         item = dataset[index]
         mask = item["mask"][0].numpy() > 0.5
         ring = marginal_region(mask, cfg.kernel) & (item["valid"][0].numpy() > 0.5)
@@ -487,6 +515,7 @@ def _threshold(cfg: SelectConfig, hist: np.ndarray, edges: np.ndarray) -> tuple[
 def _threshold_tiles(
     cfg: SelectConfig,
     dataset: Any,
+    indices: list[int],
     codec: _Codec,
     predicted: dict[str, np.ndarray],
     to_score: float,
@@ -501,7 +530,7 @@ def _threshold_tiles(
     writer.writerow(["tile_id", "marginal_pixels", "selected_pixels", "selected_fraction"])
     total_m = total_a = crack_a = 0
     preview = []
-    for index in _tiles(dataset, "select: threshold", progress):
+    for index in _tiles(indices, "select: threshold", progress):
         item = dataset[index]
         tile_id = item["tile_id"]
         stored_path = tmp / codec.maps / f"{tile_id}.png"

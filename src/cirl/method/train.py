@@ -267,6 +267,20 @@ def _check_inputs(cfg: TrainConfig, init: Any, ambiguity: Any) -> None:
         )
     if not phase2 and ambiguity is not None:
         raise CirlError("--ambiguity is only used by phase 2 (--phase 2 --loss cirl)")
+    if phase2 and cfg.selection == "offline" and ambiguity is not None:
+        from cirl.method.trained import is_sampled
+
+        try:
+            summary = json.loads((Path(ambiguity) / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}  # an ambiguity folder not made by cirl select: its maps are read as-is
+        if is_sampled(summary):
+            raise CirlError(
+                f"{ambiguity}: this selection scored a sample of {summary['tiles_scored']} of "
+                f"{summary['tiles']} tiles (select.max_tiles), a report for online selection; "
+                "phase II with offline selection needs every tile's A: select again with "
+                "select.max_tiles 0, or train with train.selection online"
+            )
 
 
 def _datasets(cfg: TrainConfig, data: Path, ambiguity: Any) -> Any:

@@ -70,3 +70,10 @@ def selection_record(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The part of ``cirl select``'s summary a phase-II training records in its provenance."""
     keys = ("rule", "threshold", "marginal_pixels", "selected_pixels", "selected_fraction")
     return {k: summary.get(k) for k in keys}
+
+
+def is_sampled(summary: Mapping[str, Any]) -> bool:
+    """Whether a selection's ``summary.json`` is of a sample of its split's tiles
+    (``select.max_tiles``): a report for online selection, not a phase II's labels."""
+    tiles = int(summary.get("tiles") or 0)
+    return int(summary.get("tiles_scored", tiles) or 0) < tiles

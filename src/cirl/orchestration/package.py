@@ -84,7 +84,25 @@ def stage_arguments(
         else:
             cfg = config.resolve(cls, group, params, given)
         arguments[f"{group}_params"] = config.to_dict(cfg)
+    check_groups(arguments)
     return arguments
+
+
+def check_groups(arguments: Mapping[str, Mapping[str, Any]]) -> None:
+    """Settings of two groups that cannot run together, refused before any task runs.
+
+    Raises:
+        CirlError: a sampled selection (``select.max_tiles`` > 0) with offline selection in
+            phase II, which needs every tile's A.
+    """
+    select, train = arguments.get("select_params") or {}, arguments.get("train_params") or {}
+    if int(select.get("max_tiles") or 0) > 0 and train.get("selection") == "offline":
+        raise CirlError(
+            f"select.max_tiles {select['max_tiles']} scores a sample of the tiles, a report "
+            "for train.selection online; train.selection offline trains phase II on every "
+            "tile's A: set select.max_tiles 0 (e.g. --set select.max_tiles=0) or "
+            "train.selection online"
+        )
 
 
 def default_package() -> Path:

@@ -129,10 +129,17 @@ def selection_lines(out: Path) -> list[str]:
         train = {}
     fraction = float(summary.get("selected_fraction") or 0.0)
     if train.get("selection") == "online":
+        from cirl.method.trained import is_sampled
+
+        sample = (
+            f" (on a sample of {summary['tiles_scored']} of {summary['tiles']} tiles)"
+            if is_sampled(summary)
+            else ""
+        )
         return [
             f"  ambiguous pixels: selected per batch in phase II (online, squared error > "
             f"lambda {train.get('lam', '?')}); the phase-I model's offline A was "
-            f"{fraction:.1%} of the ring"
+            f"{fraction:.1%} of the ring{sample}"
         ]
     if fraction > 0:
         return [f"  ambiguous pixels: A = {fraction:.1%} of the marginal ring ({summary['rule']})"]

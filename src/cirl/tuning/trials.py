@@ -57,6 +57,7 @@ class _Runner:
             rule=point["rule"],
             gamma=point["gamma"] if variance else self.select_cfg.gamma,
             lam=self.select_cfg.lam if variance else point["lam"],
+            max_tiles=0,  # an offline phase II trains on every tile's A, never on a sample
         )
         key = _digest({"phase1": phase1.name, "select": to_dict(cfg)})
         folder = self.out / "cache" / f"select-{key}"
