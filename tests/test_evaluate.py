@@ -231,3 +231,35 @@ def test_calibration_takes_the_validation_splits_best_threshold(oracle_data, mon
     on_val = evaluate.EvaluateConfig(device="cpu", overlays=0, split="val")
     scored = evaluate.run(on_val, oracle_data / "prep", oracle_data / "model.pt", oracle_data / "v")
     assert "threshold_calibration" not in scored  # a split does not calibrate itself
+
+
+def test_channels_last_runs_the_model_in_nhwc_and_scores_as_nchw(oracle_data, monkeypatch):
+    """evaluate.channels_last: the model and every input in NHWC on CPU, recorded with the
+    scores; the scores agree with NCHW's (the same weights, another order of the sums), and an
+    evaluation recorded without the key re-scores in NCHW (cirl audit --verify)."""
+    from cirl.audit.checks import _eval_config
+    from cirl.audit.results import AuditConfig
+    from cirl.models import inference
+
+    seen = []
+    real = inference.predict_prob
+
+    def spy(model, image, with_log_var=False):
+        seen.append(image.is_contiguous(memory_format=torch.channels_last) and image.shape[1] > 1)
+        return real(model, image, with_log_var)
+
+    monkeypatch.setattr("cirl.models.inference.predict_prob", spy)
+    scores = {}
+    for nhwc in (False, True):
+        seen.clear()
+        cfg = evaluate.EvaluateConfig(device="cpu", overlays=0, channels_last=nhwc)
+        out = oracle_data / f"layout_{nhwc}"
+        scores[nhwc] = evaluate.run(cfg, oracle_data / "prep", oracle_data / "model.pt", out)
+        assert seen and all(seen) == nhwc and any(seen) == nhwc  # test and calibration tiles
+        assert scores[nhwc]["params"]["channels_last"] is nhwc
+    for key in ("f1", "precision", "recall", "ap", "ois"):
+        assert scores[True][key] == pytest.approx(scores[False][key], abs=1e-6), key
+    recorded = {"evaluation": {"params": {"split": "test"}}, "data": {"split": "test"}}
+    assert _eval_config(recorded, AuditConfig()).channels_last is False
+    recorded["evaluation"]["params"]["channels_last"] = True
+    assert _eval_config(recorded, AuditConfig()).channels_last is True
