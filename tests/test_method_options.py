@@ -349,6 +349,12 @@ def test_a_sampled_selection_reports_for_online_phase2_and_offline_refuses_it(ti
         train.run(TrainConfig(**phase2), tiny / "prep", tiny / "p2s", init=init,
                   ambiguity=sample, progress=False)  # fmt: skip
     assert not (tiny / "p2s").exists()  # refused before anything was written
+    broken = tiny / "broken_selection"
+    broken.mkdir()
+    (broken / "summary.json").write_text("{not json")
+    with pytest.raises(CirlError, match=r"summary\.json: not valid JSON.*cirl select again"):
+        train.run(TrainConfig(**phase2), tiny / "prep", tiny / "p2x", init=init,
+                  ambiguity=broken, progress=False)  # fmt: skip
     train.run(TrainConfig(**phase2, selection="online"), tiny / "prep", tiny / "p2o", init=init,
               ambiguity=sample, progress=False)  # fmt: skip
     with pytest.raises(CirlError, match=r"select\.max_tiles 0"):

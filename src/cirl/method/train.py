@@ -270,10 +270,8 @@ def _check_inputs(cfg: TrainConfig, init: Any, ambiguity: Any) -> None:
     if phase2 and cfg.selection == "offline" and ambiguity is not None:
         from cirl.method.trained import is_sampled
 
-        try:
-            summary = json.loads((Path(ambiguity) / "summary.json").read_text())
-        except (OSError, ValueError):
-            summary = {}  # an ambiguity folder not made by cirl select: its maps are read as-is
+        # an ambiguity folder not made by cirl select has no summary: its maps are read as-is
+        summary = _selection_summary(ambiguity) or {}
         if is_sampled(summary):
             raise CirlError(
                 f"{ambiguity}: this selection scored a sample of {summary['tiles_scored']} of "
@@ -281,6 +279,17 @@ def _check_inputs(cfg: TrainConfig, init: Any, ambiguity: Any) -> None:
                 "phase II with offline selection needs every tile's A: select again with "
                 "select.max_tiles 0, or train with train.selection online"
             )
+
+
+def _selection_summary(ambiguity: Any) -> dict | None:
+    """The ``summary.json`` of a ``cirl select`` folder; None when the folder has none."""
+    path = Path(ambiguity) / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise CirlError(f"{path}: not valid JSON ({exc}); run cirl select again") from None
 
 
 def _datasets(cfg: TrainConfig, data: Path, ambiguity: Any) -> Any:
@@ -319,10 +328,10 @@ def _start_model(cfg: TrainConfig, data: Path, init: Any, ambiguity: Any) -> tup
         "ambiguity": str(ambiguity) if ambiguity else None,
         "cirl_version": __version__,
     }
-    if ambiguity is not None and (Path(ambiguity) / "summary.json").is_file():
+    summary = _selection_summary(ambiguity) if ambiguity is not None else None
+    if summary is not None:
         from cirl.method.trained import selection_record
 
-        summary = json.loads((Path(ambiguity) / "summary.json").read_text())
         provenance["selection"] = selection_record(summary)
     if init is not None:
         payload = load_checkpoint(init)
