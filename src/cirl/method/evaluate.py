@@ -124,7 +124,8 @@ def run(
     payload = load_checkpoint(checkpoint)
     device = resolve_device(cfg.device)
     model = build_from_checkpoint(payload, std_head=False).to(device).eval()
-    model.to(memory_format=layout(cfg, device))
+    fmt = layout(cfg, device)
+    model.to(memory_format=fmt)
     dataset = TileDataset(data, cfg.split)
     if cfg.verify_data:
         from cirl.data.manifest import verify_files
@@ -139,7 +140,7 @@ def run(
 
     by_name: dict[str, int] = {}
     for index, item, prob in _probabilities(
-        model, device, dataset, progress, f"evaluate {cfg.split}", layout(cfg, device)
+        model, device, dataset, progress, f"evaluate {cfg.split}", fmt
     ):
         truth = item["mask"][0].numpy() > 0.5
         valid = item["valid"][0].numpy() > 0.5
