@@ -189,9 +189,18 @@ def _evaluate(data: Path, checkpoint: Path, out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def _flag(key: str, value) -> str:
+    """A SelectConfig key and value as ``cirl select``'s flag (``max_tiles`` -> ``--max-tiles``,
+    a bool as ``--KEY`` / ``--no-KEY``), so every key ``parse_arm`` accepts reaches the CLI."""
+    name = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name}={value}"
+
+
 def _select(data: Path, checkpoint: Path, out: Path, flags: dict) -> dict:
     if not (out / "summary.json").is_file():
-        args = [f"--{k}={v}" for k, v in flags.items()]
+        args = [_flag(k, v) for k, v in flags.items()]
         _cirl(
             "select", "--data", str(data), "--checkpoint", str(checkpoint), "--out", str(out),
             "--device", "cpu", "--no-verify-data", *args,

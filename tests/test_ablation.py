@@ -25,6 +25,17 @@ def ablation():
     return module
 
 
+def test_select_keys_reach_cirl_select_as_its_flags(ablation):
+    from cirl.orchestration.cli import build_parser
+
+    keys = {"rule": "error", "max_tiles": 3, "verify_data": False, "lam": 0.3}
+    flags = [ablation._flag(k, v) for k, v in keys.items()]
+    assert flags == ["--rule=error", "--max-tiles=3", "--no-verify-data", "--lam=0.3"]
+    required = ["--data", "d", "--checkpoint", "c", "--out", "o"]
+    args = build_parser().parse_args(["select", *required, *flags])
+    assert (args.max_tiles, args.verify_data, args.rule) == (3, False, "error")
+
+
 def test_recipe_is_the_products_train_group(ablation, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("train:\n  pos_weight: 7.0\n  crack_crops: 0.25\n  model: unet\n")
